@@ -1,0 +1,38 @@
+"""`hf-paramgen` console command: one subcommand per stage, each parsed by the module that owns it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function taking argv: list[str]), imported lazily so `--help` stays fast.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "build-zoo": ("hf_paramgen.zoo", "cli_build_zoo", "train a model zoo of small nets on real data"),
+    "build-corpus": ("hf_paramgen.corpus", "cli_build_corpus", "turn checkpoints (Hub ids or folders) into a weight corpus"),
+    "train-tokenizer": ("hf_paramgen.training", "cli_train_tokenizer", "train the ParamTokenizer (VQ-VAE) on a corpus"),
+    "encode-corpus": ("hf_paramgen.corpus", "cli_encode_corpus", "add ParamTokenizer codes to a corpus"),
+    "train-prior": ("hf_paramgen.training", "cli_train_prior", "train the instruction-conditioned prior"),
+    "generate": ("hf_paramgen.generation", "cli_generate", "generate a network from an instruction"),
+    "evaluate": ("hf_paramgen.evaluation", "cli_evaluate", "evaluate generated nets against baselines"),
+    "demo": ("hf_paramgen.demo", "cli_demo", "run the whole chain end to end on the embedded default"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+        msg = "usage: hf-paramgen <command> [options]\n\ncommands:\n" + "\n".join(lines)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"hf-paramgen: unknown command {argv[0]!r}\n\n{msg}", file=sys.stderr)
+            return 2
+        print(msg)
+        return 0
+    module, func, _ = COMMANDS[argv[0]]
+    result = getattr(importlib.import_module(module), func)(argv[1:])
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
