@@ -8,6 +8,7 @@ import sys
 # subcommand -> (module, function taking argv: list[str]), imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build-zoo": ("hf_paramgen.zoo", "cli_build_zoo", "train a model zoo of small nets on real data"),
+    "build-adapter-zoo": ("hf_paramgen.adapter_zoo", "cli_build_adapter_zoo", "train LoRA adapter zoos (MNIST MLP base, MiniLM base)"),
     "build-corpus": ("hf_paramgen.corpus", "cli_build_corpus", "turn checkpoints (Hub ids or folders) into a weight corpus"),
     "train-tokenizer": ("hf_paramgen.training", "cli_train_tokenizer", "train the ParamTokenizer (VQ-VAE) on a corpus"),
     "encode-corpus": ("hf_paramgen.encoding", "cli_encode_corpus", "add ParamTokenizer codes to a corpus"),
