@@ -71,6 +71,11 @@ PRESETS: dict[str, dict] = {
                           "mlp-784-32-32": (3, 1.0), "cnn-mnist": (3, 0.5), "mlp-784-48": (3, 0.25),
                           "mlp-64-32": (4, 1.0), "cnn-digits": (3, 1.0)},
     },
+    # the README's main job: one task family and one small architecture, so the chain runs in minutes
+    "demo": {
+        "families": {"mnist-4class": ("mnist", (4,), "none", 48)},
+        "architectures": {"cnn-mnist": (3, 1.0)},
+    },
     "tiny": {
         "families": {"mnist-4class": ("mnist", (4,), "none", 3), "mnist-hflip": ("mnist", (4,), "hflip", 1),
                      "digits": ("digits", (3,), "none", 1)},
