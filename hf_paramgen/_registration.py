@@ -10,8 +10,6 @@ def register_all() -> None:
 
     register_tokenizer()
     register_prior()
-    try:
-        from .pipeline_parameter_generation import register as register_pipeline
-    except ImportError:  # pipeline module not present
-        return
+    from .pipeline_parameter_generation import register as register_pipeline
+
     register_pipeline()

@@ -218,7 +218,7 @@ def test_fresh_process_loads_with_remote_code_only(tmp_path):
         import sys, torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "tok")!r}, trust_remote_code=True).eval()
-        ref = torch.load({str(tmp_path / "ref.pt")!r})
+        ref = torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert not [m for m in sys.modules if m.startswith("hf_paramgen")], "hf_paramgen was imported"
         assert torch.equal(model.encode_chunks(ref["chunks"], ref["pos"]), ref["codes"])
