@@ -1,0 +1,205 @@
+"""Train the instruction-conditioned prior on a weight corpus and save a generator folder.
+
+`build_prior_dataset` turns the corpus's models into rows (codes + cached condition vectors);
+`train_prior` trains a `ParamPriorForCausalLM` on them with `training.train` + `PriorCollator`
+(resumable) and saves a `ParamGenerator` (prior + ParamTokenizer + sample encoders).
+Only models of the "train" split are trained on; the "validation" split is monitored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from .collate import PriorCollator
+from .conditioning import Instruction, InstructionEncoders, SampleEncoder, encode_instruction
+from .configuration_param_prior import ParamPriorConfig
+from .corpus import corpus_model_weights
+from .data import Task, few_shot_samples
+from .generation import ParamGenerator, check_compatible, make_text_encoder
+from .layout import ParamLayout
+from .generation import output_size
+from .modeling_param_prior import ParamPriorForCausalLM, structure_for_layout
+from .modeling_param_tokenizer import ParamTokenizer
+from .training import TrainingConfig, load_any_corpus, train
+
+FEW_SHOT_PER_CLASS = 5
+SMALL_DECODER = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
+                 "num_attention_heads": 4, "num_key_value_heads": 4, "rms_norm_eps": 1e-6}
+
+
+def work_dir(output_dir) -> Path:
+    """Where training state and the encoded dataset of a generator folder live: `<output_dir>-work`."""
+    return Path(str(Path(output_dir)) + "-work")
+
+
+def _model_rows(corpus, splits, architectures) -> list[dict]:
+    models = corpus["models"]
+    rows = [models[i] for i in range(len(models))]
+    rows = [r for r in rows if r["split"] in splits and (architectures is None or r["architecture"] in architectures)]
+    if not rows:
+        raise ValueError(f"The corpus has no models of splits {list(splits)} and architectures {architectures}.")
+    return rows
+
+
+def condition_for_row(row: dict, encoders: InstructionEncoders, sample_encoders: dict[str, SampleEncoder],
+                      max_condition_tokens: int | None = None):
+    """(condition_embeds (n, d), condition_types (n,)) of a corpus `models` row: text, architecture, prototypes."""
+    task_info = json.loads(row["task"]) if row.get("task") else {}
+    samples, num_classes, enc = None, None, encoders
+    if task_info.get("dataset") in sample_encoders and task_info.get("classes"):
+        task = Task.from_dict(task_info)
+        samples = few_shot_samples(task, per_class=FEW_SHOT_PER_CLASS, split="train")
+        num_classes = task.num_classes
+        enc = InstructionEncoders(text=encoders.text, samples=sample_encoders[task.dataset])
+    text = row.get("instruction") or None
+    arch_text = row.get("architecture_text") or ParamLayout.from_json(row["layout"]).describe()
+    out = encode_instruction(Instruction(text, samples, arch_text, num_classes), enc, max_condition_tokens)
+    return out.condition_embeds[0], out.condition_types[0]
+
+
+def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: InstructionEncoders,
+                        splits: tuple[str, ...] = ("train",), architectures: list[str] | None = None,
+                        sample_encoders: dict[str, SampleEncoder] | None = None,
+                        max_condition_tokens: int | None = None) -> Dataset:
+    """One row per model: `codes` (N*T,), `code_structure` (N*T, 4), `condition_embeds` (n, d), `condition_types` (n,), `architecture`, `model_id`.
+
+    Args:
+        corpus: a corpus `DatasetDict` (or its path / repo id).
+        param_tokenizer: encodes each model's weights (its chunk_size must match the corpus's).
+        encoders: `text` encodes the task text and the architecture text (`layout.describe()`).
+        splits: corpus splits to keep (train on "train" only).
+        architectures: keep only these architecture names (None: all).
+        sample_encoders: dataset name -> SampleEncoder for the few-shot prototypes (default: `encoders.samples`
+            for every dataset when set, else no prototypes).
+    """
+    from tqdm.auto import tqdm
+
+    corpus = load_any_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
+    sample_encoders = dict(sample_encoders or {})
+    rows = _model_rows(corpus, set(splits), architectures)
+    out = {"model_id": [], "architecture": [], "split": [], "codes": [], "code_structure": [], "condition_embeds": [],
+           "condition_types": []}
+    tok = param_tokenizer.config
+    with torch.no_grad():
+        for row in tqdm(rows, desc="encoding models"):
+            weights, layout = corpus_model_weights(corpus, row["model_id"])
+            codes = param_tokenizer.encode(layout.unflatten(weights), layout)  # (N, T)
+            embeds, types = condition_for_row(row, encoders, sample_encoders, max_condition_tokens)
+            out["model_id"].append(row["model_id"])
+            out["architecture"].append(row["architecture"])
+            out["split"].append(row["split"])
+            out["codes"].append(codes.reshape(-1).numpy().astype(np.int32))
+            structure = structure_for_layout(layout, tok.chunk_size, tok.tokens_per_chunk, tok.aggregation)  # (N*T, 4)
+            out["code_structure"].append(structure.numpy().astype(np.int32))
+            out["condition_embeds"].append(embeds.numpy())
+            out["condition_types"].append(types.numpy())
+    return Dataset.from_dict(out)
+
+
+def layouts_of(corpus, architectures: list[str] | None = None) -> dict[str, str]:
+    """`<architecture>:<num outputs>` -> layout JSON of the corpus's models."""
+    models = corpus["models"]
+    layouts = {}
+    for arch, layout in zip(models["architecture"], models["layout"]):
+        if architectures is None or arch in architectures:
+            layouts.setdefault(f"{arch}:{output_size(ParamLayout.from_json(layout))}", layout)
+    return layouts
+
+
+def make_prior_config(param_tokenizer: ParamTokenizer, condition_dim: int, layouts: dict[str, str],
+                      overrides: dict | None = None) -> ParamPriorConfig:
+    """A prior config that matches the ParamTokenizer (codebook, codes per chunk, chunking)."""
+    tok = param_tokenizer.config
+    kwargs = {"codebook_size": tok.codebook_size, "codes_per_chunk": tok.tokens_per_chunk, "chunk_size": tok.chunk_size,
+              "aggregation": tok.aggregation, "condition_dim": condition_dim, "layouts": layouts,
+              "param_tokenizer_subfolder": "param_tokenizer", "transformer": dict(SMALL_DECODER)}
+    kwargs.update(overrides or {})
+    config = ParamPriorConfig(**kwargs)
+    check_compatible(config, tok)
+    return config
+
+
+def train_prior(corpus, param_tokenizer_path: str, output_dir: str, prior_config_overrides: dict | None = None,
+                training_config: TrainingConfig | None = None, architectures: list[str] | None = None,
+                text_encoder: str = "all-MiniLM-L6-v2", sample_datasets: tuple[str, ...] = ("mnist", "digits"),
+                dataset_cache: str | None = None) -> ParamGenerator:
+    """Train a prior on the corpus's "train" models and save a generator folder at `output_dir`.
+
+    Training state (checkpoints, `log.jsonl`) goes to `<output_dir>-work/training/` (outside the generator
+    folder, which `save_pretrained` replaces atomically); a killed run resumes there. `dataset_cache`
+    (default `<output_dir>-work/prior_dataset`) caches the encoded rows across restarts.
+    """
+    corpus = load_any_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
+    tokenizer = ParamTokenizer.from_pretrained(param_tokenizer_path).eval()
+    text = make_text_encoder(text_encoder)
+    dim = text.dim if hasattr(text, "dim") else int(text("x").shape[-1])
+    samplers = {name: SampleEncoder.for_dataset(name, dim=dim) for name in sample_datasets}
+    config = make_prior_config(tokenizer, dim, layouts_of(corpus, architectures), prior_config_overrides)
+    work = work_dir(output_dir)
+    cache = Path(dataset_cache or work / "prior_dataset")
+    data = {}
+    for split in ("train", "validation"):
+        path = cache / split
+        if path.is_dir():
+            data[split] = Dataset.load_from_disk(str(path))
+            continue
+        try:
+            data[split] = build_prior_dataset(corpus, tokenizer, InstructionEncoders(text=text), (split,), architectures,
+                                              samplers, config.max_condition_tokens)
+        except ValueError:
+            data[split] = None  # e.g. no validation models
+            continue
+        data[split].save_to_disk(str(path))
+    training_config = training_config or TrainingConfig(output_dir=str(work / "training"))
+    prior = ParamPriorForCausalLM(config)
+    collator = PriorCollator(config, seed=training_config.seed)
+    train(prior, data["train"], collator, training_config, eval_dataset=data["validation"])
+    generator = ParamGenerator(prior, tokenizer, text_encoder, samplers, text_encoder=text)
+    generator.save_pretrained(output_dir)
+    return generator
+
+
+def cli_train_prior(argv: list[str]) -> int:
+    """`hf-paramgen train-prior`: train the prior on a corpus and save a generator folder."""
+    p = argparse.ArgumentParser(prog="hf-paramgen train-prior", description=cli_train_prior.__doc__)
+    p.add_argument("--corpus", required=True, help="corpus folder or Hub id")
+    p.add_argument("--param_tokenizer", required=True, help="ParamTokenizer folder or Hub id")
+    p.add_argument("--output_dir", required=True, help="generator folder to write")
+    p.add_argument("--architectures", nargs="*", default=None, help="train on these architectures only")
+    p.add_argument("--text_encoder", default="all-MiniLM-L6-v2", help="MiniLM name or 'hashing:<dim>'")
+    p.add_argument("--sample_datasets", nargs="*", default=["mnist", "digits"], help="datasets of the sample encoders")
+    p.add_argument("--hidden_size", type=int, default=128)
+    p.add_argument("--num_layers", type=int, default=4)
+    p.add_argument("--num_heads", type=int, default=4)
+    p.add_argument("--context", type=int, default=1280, help="max_position_embeddings (prefix + BOS + codes)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max_steps", type=int, default=2000)
+    p.add_argument("--warmup_steps", type=int, default=100)
+    p.add_argument("--log_every", type=int, default=20)
+    p.add_argument("--save_every", type=int, default=200)
+    p.add_argument("--eval_every", type=int, default=100)
+    p.add_argument("--max_time_s", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    h = args.hidden_size
+    overrides = {"max_position_embeddings": args.context,
+                 "transformer": {**SMALL_DECODER, "hidden_size": h, "intermediate_size": 4 * h,
+                                 "num_hidden_layers": args.num_layers, "num_attention_heads": args.num_heads,
+                                 "num_key_value_heads": args.num_heads}}
+    tc = TrainingConfig(output_dir=str(work_dir(args.output_dir) / "training"), batch_size=args.batch_size, lr=args.lr,
+                        max_steps=args.max_steps, warmup_steps=args.warmup_steps, log_every=args.log_every,
+                        save_every=args.save_every, eval_every=args.eval_every, max_time_s=args.max_time_s,
+                        seed=args.seed, weight_decay=0.01)
+    start = time.perf_counter()
+    train_prior(args.corpus, args.param_tokenizer, args.output_dir, overrides, tc, args.architectures, args.text_encoder,
+                tuple(args.sample_datasets))
+    print(json.dumps({"output_dir": args.output_dir, "seconds": time.perf_counter() - start}))
+    return 0
