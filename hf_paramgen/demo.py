@@ -48,19 +48,29 @@ def run_demo(output_dir: str | Path, tokenizer_steps: int = 1500, prior_steps: i
                 "--max_time_s", str(stage_seconds)]
         timed("param_tokenizer", cli_train_tokenizer, argv)
     if _stage("prior", (gen_dir / "config.json").exists()):
-        from .prior_training import train_demo_prior
+        from .prior_training import cli_train_prior
 
-        timed("prior", train_demo_prior, corpus_dir, tok_dir, gen_dir, max_steps=prior_steps, max_time_s=stage_seconds)
+        argv = ["--corpus", str(corpus_dir), "--param_tokenizer", str(tok_dir), "--output_dir", str(gen_dir),
+                "--sample_datasets", "mnist", "--max_steps", str(prior_steps), "--max_time_s", str(stage_seconds)]
+        timed("prior", cli_train_prior, argv)
     results_path = out / "results.json"
     if _stage("evaluation", results_path.exists()):
-        from .evaluation import run_demo_evaluation
+        from .evaluation import cli_evaluate
 
-        timed("evaluation", run_demo_evaluation, gen_dir, zoo_dir, results_path, out / "finetune_curves.png",
-              num_tasks=num_tasks, k=k)
+        argv = ["--generator", str(gen_dir), "--zoo_dir", str(zoo_dir), "--json", str(results_path),
+                "--png", str(out / "finetune_curves.png"), "--architectures", "cnn-mnist",
+                "--heldout_architectures", "--num_tasks", str(num_tasks), "--k", str(k)]
+        timed("evaluation", cli_evaluate, argv)
     results = json.loads(results_path.read_text())
     results["stage_seconds"] = {**results.get("stage_seconds", {}), **timings}
-    results_path.write_text(json.dumps(results, indent=2))
+    _atomic_write(results_path, json.dumps(results, indent=2))
     return results
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def cli_demo(argv: list[str]) -> int:
@@ -76,5 +86,8 @@ def cli_demo(argv: list[str]) -> int:
     results = run_demo(args.output_dir, args.tokenizer_steps, args.prior_steps, args.stage_seconds, args.num_tasks,
                        args.k)
     print(f"\nresults: {Path(args.output_dir) / 'results.json'}  (wall {time.perf_counter() - start:.0f} s)")
-    print(results.get("table", ""))
+    from .evaluation import format_table
+
+    splits = tuple(s for s in ("seen_tasks", "heldout_tasks") if s in results)
+    print(format_table(results, splits))
     return 0

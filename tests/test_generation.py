@@ -1,0 +1,149 @@
+"""ParamGenerator: save/load round trip, generate shapes and ranges, best-of-k, bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from hf_paramgen.architectures import build_model
+from hf_paramgen.conditioning import HashingTextEncoder, SampleEncoder
+from hf_paramgen.configuration_param_prior import ParamPriorConfig
+from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
+from hf_paramgen.data import Task, few_shot_samples, load_task_split
+from hf_paramgen.generation import GenerationError, ParamGenerator
+from hf_paramgen.layout import ParamLayout
+from hf_paramgen.modeling_param_prior import ParamPriorForCausalLM
+from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+
+ARCH = "mlp-64-32"
+DIM = 32
+TINY_DECODER = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 2}
+
+
+def tiny_generator(max_tensors: int = 64) -> ParamGenerator:
+    torch.manual_seed(0)
+    tok = ParamTokenizer(ParamTokenizerConfig(chunk_size=64, codebook_size=16, codebook_dim=4,
+                                              hidden_size=16, num_layers=1))
+    prior = ParamPriorForCausalLM(ParamPriorConfig(
+        codebook_size=16, codes_per_chunk=1, chunk_size=64, condition_dim=DIM, max_condition_tokens=8,
+        max_position_embeddings=40, transformer=TINY_DECODER, max_tensors=max_tensors))
+    encoders = {"digits": SampleEncoder(num_features=64, dim=DIM, method="random")}
+    return ParamGenerator(prior, tok, f"hashing:{DIM}", encoders)
+
+
+@pytest.fixture(scope="module")
+def generator() -> ParamGenerator:
+    return tiny_generator()
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return Task.make("digits", [3, 1, 4, 0])
+
+
+def test_generate_returns_state_dicts_of_the_layout_shapes_and_codes_in_range(generator, task):
+    template = build_model(ARCH, 4)
+    layout = ParamLayout.from_module(template)
+    result = generator.generate(template, task.instruction, samples=few_shot_samples(task, 2), num_samples=2, seed=0)
+    n_chunks = sum(-(-s.numel // 64) for s in layout.specs)  # layer aggregation: each tensor padded to chunks
+    assert result.codes.shape == (2, n_chunks, 1)  # (k, N, T): longer than one block (40 context)
+    assert 0 <= int(result.codes.min()) and int(result.codes.max()) < 16
+    for sd in result.state_dicts:
+        assert {k: tuple(v.shape) for k, v in sd.items()} == {s.name: s.shape for s in layout.specs}
+    assert result.scores == [None, None] and result.best_index == 0
+    assert isinstance(result.model, type(template))
+    assert not torch.equal(result.codes[0], result.codes[1])  # sampled, not argmax
+
+
+def test_generate_is_seeded_and_accepts_a_bare_layout(generator, task):
+    layout = ParamLayout.from_module(build_model(ARCH, 4))
+    a = generator.generate(layout, task.instruction, num_samples=1, seed=3)
+    b = generator.generate(layout, task.instruction, num_samples=1, seed=3)
+    assert torch.equal(a.codes, b.codes) and a.model is None
+
+
+def test_best_of_k_picks_the_highest_validation_score_and_loads_it(generator, task):
+    template = build_model(ARCH, 4)
+    X, y = load_task_split(task, "validation")
+    result = generator.generate(template, task.instruction, samples=few_shot_samples(task, 2), num_samples=4,
+                                seed=1, validation=(X, y))
+    assert all(0.0 <= s <= 1.0 for s in result.scores)
+    assert result.scores[result.best_index] == max(result.scores)
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, result.state_dicts[result.best_index][name])
+    acc = float((result.model(X).argmax(-1) == y).float().mean())
+    assert acc == pytest.approx(max(result.scores))
+
+
+def test_generate_for_task_uses_the_zoo_task(generator, task):
+    result = generator.generate_for_task(task, ARCH, num_samples=2, seed=0)
+    assert len(result.state_dicts) == 2 and result.scores[result.best_index] == max(result.scores)
+
+
+def test_save_and_load_round_trip_reproduces_generation(generator, task, tmp_path):
+    generator.save_pretrained(tmp_path / "gen")
+    assert (tmp_path / "gen" / "param_tokenizer" / "config.json").is_file()
+    assert (tmp_path / "gen" / "sample_encoders" / "digits").is_dir()
+    loaded = ParamGenerator.from_pretrained(tmp_path / "gen")
+    assert loaded.prior.config.param_tokenizer_subfolder == "param_tokenizer"
+    assert loaded.text_encoder_name == f"hashing:{DIM}"
+    layout = ParamLayout.from_module(build_model(ARCH, 4))
+    samples = few_shot_samples(task, 2)
+    a = generator.generate(layout, task.instruction, samples=samples, seed=5)
+    b = loaded.generate(layout, task.instruction, samples=samples, seed=5)
+    assert torch.equal(a.codes, b.codes)
+    for k in a.state_dicts[0]:
+        assert torch.allclose(a.state_dicts[0][k], b.state_dicts[0][k])
+
+
+def test_loading_a_prior_with_the_wrong_param_tokenizer_fails(generator, tmp_path):
+    generator.save_pretrained(tmp_path / "gen")
+    other = ParamTokenizer(ParamTokenizerConfig(chunk_size=64, codebook_size=32, codebook_dim=4, hidden_size=16))
+    shutil.rmtree(tmp_path / "gen" / "param_tokenizer")
+    other.save_pretrained(tmp_path / "gen" / "param_tokenizer")
+    with pytest.raises(GenerationError, match="codebook_size: prior 16 vs ParamTokenizer 32"):
+        ParamGenerator.from_pretrained(tmp_path / "gen")
+
+
+def test_samples_whose_classes_do_not_match_the_output_size_are_rejected(generator, task):
+    X, y = few_shot_samples(task, 2)
+    with pytest.raises(GenerationError, match="3 output units: samples need labels exactly 0..2, got labels \\[0, 1, 2, 3\\]"):
+        generator.generate(build_model(ARCH, 3), task.instruction, samples=(X, y))
+    with pytest.raises(GenerationError, match="No sample encoder takes 10 features"):
+        generator.generate(build_model(ARCH, 4), task.instruction, samples=(torch.zeros(8, 10), y[:8]))
+
+
+def test_empty_or_overlong_instruction_is_rejected(generator):
+    template = build_model(ARCH, 4)
+    with pytest.raises(GenerationError, match="non-empty"):
+        generator.generate(template, "   ")
+    with pytest.raises(GenerationError, match="more than 200"):
+        generator.generate(template, "word " * 201)
+
+
+def test_architecture_beyond_the_prior_tables_is_rejected(task):
+    small = tiny_generator(max_tensors=2)
+    with pytest.raises(GenerationError, match="max_tensors=2"):
+        small.generate(build_model(ARCH, 4), task.instruction)
+    with pytest.raises(GenerationError, match="needs an nn.Module"):
+        small.generate(ParamLayout.from_module(build_model(ARCH, 4)), task.instruction, validation=(None, None))
+    with pytest.raises(TypeError, match="nn.Module template or a ParamLayout"):
+        small.generate("mlp-64-32", task.instruction)
+
+
+def test_cli_generate_saves_the_best_network(generator, tmp_path, capsys):
+    from hf_paramgen.generation import cli_generate
+    from hf_paramgen.zoo import load_checkpoint_model
+
+    generator.save_pretrained(tmp_path / "gen")
+    rc = cli_generate(["--generator", str(tmp_path / "gen"), "--dataset", "digits", "--classes", "3,1,4,0",
+                       "--architecture", ARCH, "--num_samples", "2", "--output_dir", str(tmp_path / "net")])
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    assert rc == 0 and len(report["validation_scores"]) == 2 and 0.0 <= report["best_test_accuracy"] <= 1.0
+    net = load_checkpoint_model(tmp_path / "net")
+    assert net(torch.zeros(1, 64)).shape == (1, 4)

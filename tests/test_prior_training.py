@@ -1,0 +1,95 @@
+"""Prior training: dataset rows from a corpus (train split only), a few training steps, generator folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+
+from hf_paramgen.architectures import build_model
+from hf_paramgen.conditioning import HashingTextEncoder, InstructionEncoders, SampleEncoder
+from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
+from hf_paramgen.corpus import build_corpus
+from hf_paramgen.data import Task
+from hf_paramgen.generation import ParamGenerator
+from hf_paramgen.layout import ParamLayout
+from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+from hf_paramgen.prior_training import build_prior_dataset, cli_train_prior, train_prior, work_dir
+from hf_paramgen.training import TrainingConfig
+
+TINY_DECODER = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 2}
+SPECS = [((3, 1, 4, 0), "train"), ((5, 2, 7, 9), "train"), ((1, 8), "train"), ((6, 0, 2, 4), "validation"),
+         ((9, 8, 7, 6), "heldout_task")]
+
+
+def make_checkpoint(folder, classes, split, seed):
+    torch.manual_seed(seed)
+    task = Task.make("digits", classes)
+    build_model("mlp-64-32", len(classes)).save_pretrained(folder)
+    meta = ModelCardData(**task.to_dict(), instruction=task.instruction, num_classes=task.num_classes,
+                         architecture="mlp-64-32", seed=seed, split=split)
+    ModelCard.from_template(meta, template_str="---\n{{ card_data }}\n---\n# ckpt\n").save(folder / "README.md")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prior")
+    for i, (classes, split) in enumerate(SPECS):
+        make_checkpoint(root / f"ckpt{i}", classes, split, i)
+    corpus = build_corpus([root / f"ckpt{i}" for i in range(len(SPECS))], root / "corpus", chunk_size=16)
+    torch.manual_seed(0)
+    tok = ParamTokenizer(ParamTokenizerConfig(chunk_size=16, codebook_size=16, codebook_dim=4, hidden_size=16, num_layers=1))
+    tok.save_pretrained(root / "tok")
+    return root, corpus, tok
+
+
+def test_dataset_rows_hold_codes_structure_and_conditions_of_train_models_only(setup):
+    _, corpus, tok = setup
+    enc = InstructionEncoders(text=HashingTextEncoder(dim=32))
+    ds = build_prior_dataset(corpus, tok, enc, sample_encoders={"digits": SampleEncoder(64, dim=32)})
+    assert ds["model_id"] == ["ckpt0", "ckpt1", "ckpt2"] and set(ds["split"]) == {"train"}
+    row = ds.with_format("torch")[0]
+    weights = corpus["models"][0]
+    layout = ParamLayout.from_json(weights["layout"])
+    n = sum(-(-s.numel // 16) for s in layout.specs)
+    assert row["codes"].shape == (n,) and int(row["codes"].max()) < 16
+    assert row["code_structure"].shape == (n, 4)
+    assert row["condition_types"].tolist() == [0, 1, 2, 3, 4, 5]  # text, architecture, 4 class prototypes
+    assert ds.with_format("torch")[2]["condition_types"].tolist() == [0, 1, 2, 3]  # a 2-class task
+    assert row["condition_embeds"].shape == (6, 32)
+
+
+def test_train_prior_trains_and_saves_a_loadable_generator(setup):
+    root, corpus, _ = setup
+    out = root / "gen"
+    tc = TrainingConfig(output_dir=str(work_dir(out) / "training"), batch_size=2, max_steps=3, log_every=1,
+                        save_every=100, eval_every=1, eval_batches=1)
+    overrides = {"transformer": TINY_DECODER, "max_position_embeddings": 96, "max_condition_tokens": 8}
+    gen = train_prior(corpus, str(root / "tok"), str(out), overrides, tc, text_encoder="hashing:32",
+                      sample_datasets=("digits",))
+    log = [json.loads(line) for line in (work_dir(out) / "training" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r][-1] == 3 and all(r["loss"] > 0 for r in log if "loss" in r)
+    assert any("eval_loss" in r for r in log)  # the validation split is monitored
+    config = json.loads((out / "config.json").read_text())
+    assert config["param_tokenizer_subfolder"] == "param_tokenizer" and config["text_encoder"] == "hashing:32"
+    assert sorted(config["layouts"]) == ["mlp-64-32:2", "mlp-64-32:4"]
+    loaded = ParamGenerator.from_pretrained(out)
+    for k, v in gen.prior.state_dict().items():
+        assert torch.equal(v, loaded.prior.state_dict()[k])
+    task = Task.make("digits", (9, 8, 7, 6))
+    result = loaded.generate_for_task(task, "mlp-64-32", num_samples=2, seed=0)
+    assert len(result.scores) == 2 and result.model is not None
+
+
+def test_cli_train_prior_writes_a_generator_folder(setup):
+    root, _, _ = setup
+    out = root / "cli_gen"
+    rc = cli_train_prior(["--corpus", str(root / "corpus"), "--param_tokenizer", str(root / "tok"), "--output_dir",
+                          str(out), "--text_encoder", "hashing:32", "--hidden_size", "32", "--num_layers", "1",
+                          "--num_heads", "2", "--context", "96", "--max_steps", "2", "--batch_size", "2",
+                          "--warmup_steps", "0", "--sample_datasets", "digits"])
+    assert rc == 0 and (out / "param_tokenizer" / "model.safetensors").is_file()
+    assert (out / "sample_encoders" / "digits").is_dir()
