@@ -1,0 +1,181 @@
+"""Evaluation of generated nets: validation-only selection, hidden-unit alignment, baselines on a tiny zoo, CLI, metric."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hf_paramgen.architectures import build_model
+from hf_paramgen.conditioning import HashingTextEncoder, SampleEncoder
+from hf_paramgen.data import Task, few_shot_samples, load_task_split
+from hf_paramgen.evaluation import (METHODS, SPLITS, ZooIndex, add_noise, align_hidden_units, aligned_distance,
+                                    cli_evaluate, evaluate_generator, make_model, novelty, select_best, steps_ratio)
+from hf_paramgen.metrics.param_generation.param_generation import compute_param_generation
+from hf_paramgen.zoo import build_zoo, evaluate_accuracy
+
+TASK = Task.make("mnist", [4, 6, 2, 7])
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("zoo")
+    build_zoo(path, preset="tiny", num_workers=1)
+    return path
+
+
+_ENCODERS: dict = {}
+
+
+def hashing_condition(task: Task) -> np.ndarray:
+    """A fast stand-in for the MiniLM + PCA-prototype condition: hashed text + random-projection prototypes."""
+    text = _ENCODERS.setdefault("text", HashingTextEncoder(64))
+    samples = _ENCODERS.setdefault(task.dataset, SampleEncoder(task.input_dim, 64, seed=0))
+    return torch.cat([text(task.instruction).reshape(-1), samples(*few_shot_samples(task, 5), task.num_classes).reshape(-1)]).numpy()
+
+
+class LookupNet(nn.Module):
+    """Answers correctly exactly on the samples of one split (memorised), class 0 elsewhere."""
+
+    def __init__(self, task: Task, split: str):
+        super().__init__()
+        X, y = load_task_split(task, split)
+        self.table = {x.numpy().tobytes(): int(c) for x, c in zip(X, y)}
+        self.num_classes = task.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (b, 784) -> (b, num_classes)
+        labels = torch.tensor([self.table.get(row.numpy().tobytes(), 0) for row in x])
+        return nn.functional.one_hot(labels, self.num_classes).float()
+
+
+def test_best_of_k_is_chosen_on_validation_never_on_test():
+    test_memoriser, val_memoriser = LookupNet(TASK, "test"), LookupNet(TASK, "validation")
+    assert evaluate_accuracy(test_memoriser, TASK, "test") == 1.0 > evaluate_accuracy(val_memoriser, TASK, "test")
+    best, val = select_best([test_memoriser, val_memoriser], TASK)
+    assert best == 1 and val[1] == 1.0 and val[0] < 0.5
+
+
+def _permute_hidden(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """A random permutation of every hidden layer's units (function-preserving), Linear or Conv."""
+    out, gen = {k: v.clone() for k, v in state.items()}, torch.Generator().manual_seed(seed)
+    weights = [k for k in out if k.endswith("weight")]
+    for w, nxt in zip(weights[:-1], weights[1:]):
+        perm = torch.randperm(out[w].shape[0], generator=gen)
+        out[w], out[w[:-6] + "bias"] = out[w][perm], out[w[:-6] + "bias"][perm]
+        if out[nxt].ndim == 2 and out[w].ndim == 4:
+            out[nxt] = out[nxt].reshape(out[nxt].shape[0], len(perm), -1)[:, perm].reshape(out[nxt].shape)
+        else:
+            out[nxt] = out[nxt][:, perm]
+    return out
+
+
+@pytest.mark.parametrize("architecture", ["mlp-784-32-32", "cnn-mnist"])
+def test_hungarian_alignment_recovers_a_permuted_network_exactly(architecture):
+    torch.manual_seed(0)
+    ref = build_model(architecture, 4).state_dict()
+    permuted = _permute_hidden(ref, seed=1)
+    x = load_task_split(TASK, "validation")[0][:32]
+    assert torch.allclose(make_model(architecture, 4, permuted)(x), make_model(architecture, 4, ref)(x), atol=1e-5)
+    raw = float(torch.cat([(permuted[k] - ref[k]).reshape(-1) for k in ref]).norm())
+    assert raw > 1.0 and aligned_distance(permuted, ref) < 1e-5
+    aligned = align_hidden_units(permuted, ref)
+    assert all(torch.equal(aligned[k], ref[k]) for k in ref)
+
+
+def test_novelty_of_training_copies_is_zero_and_of_noisy_copies_positive():
+    torch.manual_seed(0)
+    train = [build_model("mlp-784-16", 4).state_dict() for _ in range(3)]
+    copies = novelty([_permute_hidden(train[1], 3)], train)
+    assert copies["novelty_ratio"] < 1e-6
+    noisy = novelty([add_noise(train[1], 0.1, seed=0)], train)
+    assert 0.0 < noisy["novelty_ratio"] < 1.0
+
+
+def test_steps_ratio_reports_censoring_honestly():
+    curve = lambda accs: [{"step": 10 * i, "val_accuracy": a} for i, a in enumerate(accs)]  # noqa: E731
+    assert steps_ratio(curve([0.5, 0.9, 0.95]), curve([0.2, 0.5, 0.95]), 0.9) == {
+        "generated_steps": 10, "random_steps": 20, "cap": 20, "ratio": 0.5, "censored": None}
+    late = steps_ratio(curve([0.2, 0.3, 0.4]), curve([0.2, 0.95, 0.95]), 0.9)
+    assert late["ratio"] == 2.0 and "lower bound" in late["censored"]
+    early = steps_ratio(curve([0.95, 0.95, 0.95]), curve([0.2, 0.3, 0.4]), 0.9)
+    assert early["ratio"] == 0.0 and "upper bound" in early["censored"]
+
+
+def test_baselines_and_a_copying_generator_on_the_tiny_zoo(tiny_zoo):
+    zoo = ZooIndex(tiny_zoo)
+    train_entries = zoo.checkpoints("mlp-784-16", "train", num_classes=4)
+
+    def copy_training_checkpoints(task, architecture, num_samples, seed):
+        if architecture != "mlp-784-16":
+            raise ValueError(f"this generator only knows mlp-784-16, not {architecture}")
+        return [zoo.state_dict(e) for e in train_entries[:num_samples]]
+
+    result = evaluate_generator(copy_training_checkpoints, tiny_zoo, ["mlp-784-16"], num_tasks_per_split=1, k=2,
+                                finetune_steps=5, max_steps=20, condition_fn=hashing_condition)
+    for split in SPLITS:
+        assert set(METHODS) | {"finetune_steps_ratio", "novelty_ratio"} <= set(result[split])
+    seen, held = result["seen_tasks"], result["heldout_architectures"]
+    row = seen["rows"][0]
+    task = zoo.tasks[row["task_id"]]
+    assert zoo.task_split[task.task_id] == "train"
+    assert row["trained"] == pytest.approx(np.mean([e["test_accuracy"] for e in zoo.checkpoints("mlp-784-16", task_id=task.task_id)]))
+    models = [make_model("mlp-784-16", 4, zoo.state_dict(e)) for e in train_entries[:2]]
+    val = [evaluate_accuracy(m, task, "validation") for m in models]
+    assert row["generated_zero_shot"] == evaluate_accuracy(models[int(np.argmax(val))], task, "test")
+    assert seen["novelty_ratio"] == pytest.approx(0.0, abs=1e-6)  # copies of training checkpoints
+    assert row["error_agreement_with_nearest"] in (None, 1.0)  # the nearest checkpoint is the copy itself
+    assert row["retrieved_task"] != task.task_id and row["novelty_ratio_retrieval_noise"] > 0
+    assert all(0.0 <= row[m] <= 1.0 for m in ("random_init", "zoo_average", "retrieval", "linear_hypernetwork"))
+    assert held["trained"] is not None and held["generated_zero_shot"] is None
+    assert "cannot produce mlp-784-48" in held["notes"]["generated_zero_shot"]
+    assert held["linear_hypernetwork"] is None and held["notes"]["linear_hypernetwork"]
+
+
+def test_cli_baselines_only_small_writes_json_and_png(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli_evaluate(["--baselines_only", "--small", "--hashing_conditions", "--zoo_dir", str(tiny_zoo),
+                         "--architectures", "mlp-784-16", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["seen_tasks"]["generated_zero_shot"] is None and result["seen_tasks"]["trained"] > 0.5
+    assert result["tokens_per_second"] is None and "compute_floor_ratio" in result
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "| retrieval |" in capsys.readouterr().out
+
+
+def test_param_generation_metric_fraction_and_gap_closed():
+    got = compute_param_generation([0.8, 0.9], [1.0, 1.0], retrieval=[0.5, 0.5])
+    assert got["fraction_of_trained"] == pytest.approx(0.85) and got["retrieval_gap_closed"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="equally many"):
+        compute_param_generation([0.8], [1.0, 1.0])
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(str(__import__("pathlib").Path(__file__).parents[1] / "hf_paramgen/metrics/param_generation"))
+    assert metric.compute(predictions=[0.8, 0.9], references=[1.0, 1.0])["fraction_of_trained"] == pytest.approx(0.85)
+
+
+def test_a_real_untrained_param_generator_runs_through_the_evaluation_and_is_timed(tiny_zoo):
+    from hf_paramgen.configuration_param_prior import ParamPriorConfig
+    from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
+    from hf_paramgen.evaluation import compute_floor_ratio, generator_fn
+    from hf_paramgen.generation import ParamGenerator
+    from hf_paramgen.modeling_param_prior import ParamPriorForCausalLM
+    from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+
+    torch.manual_seed(0)
+    tok = ParamTokenizer(ParamTokenizerConfig(chunk_size=16, codebook_size=16, codebook_dim=4, hidden_size=16, num_layers=1))
+    decoder = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "num_key_value_heads": 2}
+    prior = ParamPriorForCausalLM(ParamPriorConfig(codebook_size=16, codes_per_chunk=1, chunk_size=16, condition_dim=32,
+                                                   max_condition_tokens=8, max_position_embeddings=96, transformer=decoder))
+    generator = ParamGenerator(prior, tok, "hashing:32", {"digits": SampleEncoder(num_features=64, dim=32)})
+    gen_fn = generator_fn(generator)
+    result = evaluate_generator(gen_fn, tiny_zoo, ["mlp-64-32"], splits=("seen_tasks",), num_tasks_per_split=1, k=2,
+                                finetune_steps=5, max_steps=10, num_classes=3, condition_fn=hashing_condition)
+    seen = result["seen_tasks"]
+    assert 0.0 <= seen["generated_zero_shot"] <= 1.0 and seen["novelty_ratio"] > 0
+    assert seen["shuffled_instruction"] is None and "no other digits task" in seen["notes"]["shuffled_instruction"]
+    assert gen_fn.tokens == 2 * gen_fn.tokens_per_sample > 0 and gen_fn.tokens_per_second > 0  # k=2, one call
+    floor = compute_floor_ratio(gen_fn.tokens_per_second, sum(p.numel() for p in prior.parameters()), 32, 10, 1)
+    assert floor["matmul_flops_per_second"] > 0 and 0 < floor["compute_floor_ratio"]
