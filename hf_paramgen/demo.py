@@ -51,7 +51,8 @@ def run_demo(output_dir: str | Path, tokenizer_steps: int = 1500, prior_steps: i
         from .prior_training import cli_train_prior
 
         argv = ["--corpus", str(corpus_dir), "--param_tokenizer", str(tok_dir), "--output_dir", str(gen_dir),
-                "--sample_datasets", "mnist", "--max_steps", str(prior_steps), "--max_time_s", str(stage_seconds)]
+                "--sample_datasets", "mnist", "--max_steps", str(prior_steps), "--max_time_s", str(stage_seconds),
+                "--context", "320", "--batch_size", "16", "--num_layers", "3", "--lr", "2e-3", "--warmup_steps", "30"]
         timed("prior", cli_train_prior, argv)
     results_path = out / "results.json"
     if _stage("evaluation", results_path.exists()):
