@@ -586,7 +586,7 @@ def plot_curves(result: dict, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = [s for s in SPLITS if s in result["curves"]]
+    splits = [s for s in SPLITS if result["curves"].get(s)]  # splits with no evaluated task get no panel
     fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 3.6), squeeze=False)
     for ax, split in zip(axes[0], splits):
         for init, curve in result["curves"][split].items():
