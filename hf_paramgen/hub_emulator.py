@@ -632,6 +632,7 @@ class HubEmulatorServer(ThreadingHTTPServer):
     """`ThreadingHTTPServer` holding the `HubStorage` and options the handlers read."""
 
     daemon_threads = True
+    request_queue_size = 128  # clients open many connections at once (parallel downloads); 5 drops some under load
 
     def __init__(self, address: tuple[str, int], storage: HubStorage, lfs_threshold: int = LFS_THRESHOLD,
                  verbose: bool = False):

@@ -49,7 +49,8 @@ atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN",
               "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE"):
     os.environ.pop(_name, None)
-os.environ.update(HF_ENDPOINT=HUB_URL, HF_HOME=str(HF_HOME), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+os.environ.update(HF_ENDPOINT=HUB_URL, HF_HOME=str(HF_HOME), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+                  HF_HUB_ETAG_TIMEOUT="60", HF_HUB_DOWNLOAD_TIMEOUT="60")  # a loaded 2-core CI machine is slow
 
 
 @pytest.fixture(scope="session")
