@@ -148,14 +148,20 @@ class ParamGenerator:
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None) -> ParamGenerator:
         """Load a generator folder, local or a Hub repo (`snapshot_download`)."""
         path = Path(path_or_repo_id)
-        if not path.is_dir():
-            from huggingface_hub import snapshot_download
+        from_hub = not path.is_dir()
+        if from_hub:
+            from .hub import fetch_snapshot
 
-            path = Path(snapshot_download(str(path_or_repo_id), revision=revision))
+            path = fetch_snapshot(str(path_or_repo_id), revision=revision)
         prior = ParamPriorForCausalLM.from_pretrained(path)
         cfg = prior.config
         sub = path / (cfg.param_tokenizer_subfolder or TOKENIZER_SUBFOLDER)
-        if sub.is_dir():
+        pinned = cfg.param_tokenizer_repo_id and cfg.param_tokenizer_revision
+        if from_hub and pinned:  # a Hub generator uses the ParamTokenizer revision it pins, not whatever is at HEAD
+            tok_dir = fetch_snapshot(cfg.param_tokenizer_repo_id, revision=cfg.param_tokenizer_revision)
+            tok_dir = tok_dir / cfg.param_tokenizer_subfolder if cfg.param_tokenizer_subfolder else tok_dir
+            tokenizer = ParamTokenizer.from_pretrained(tok_dir)
+        elif sub.is_dir():
             tokenizer = ParamTokenizer.from_pretrained(sub)
         elif cfg.param_tokenizer_repo_id:
             tokenizer = ParamTokenizer.from_pretrained(cfg.param_tokenizer_repo_id, revision=cfg.param_tokenizer_revision)

@@ -58,6 +58,11 @@ def test_pushed_generator_is_pinned_carded_and_runs_from_its_repo_id(hub_repo_id
     local = pipeline("parameter-generation", model=str(folder))({"target": tiny_net(), "task": "classify"}, seed=0)
     for name, tensor in out["state_dict"].items():  # same weights as the local folder: the pinned tokenizer is the one
         torch.testing.assert_close(tensor, local["state_dict"][name])
+    from hf_paramgen.generation import ParamGenerator
+
+    by_id = ParamGenerator.from_pretrained(hub_repo_id)  # the pinned ParamTokenizer revision, fetched by sha
+    for name, tensor in ParamGenerator.from_pretrained(folder).param_tokenizer.state_dict().items():
+        torch.testing.assert_close(by_id.param_tokenizer.state_dict()[name], tensor, rtol=0, atol=0)
     with pytest.raises(OSError, match="no-such-branch"):
         pipeline("parameter-generation", model=hub_repo_id, revision="no-such-branch")
 
