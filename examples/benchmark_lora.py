@@ -25,16 +25,13 @@ import time
 import traceback
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from hf_paramgen.adapter_zoo import _context, build_adapter_zoo  # noqa: E402
-from hf_paramgen.adapters import apply_adapter, load_adapter, lora_layout  # noqa: E402
-from hf_paramgen.generation import make_text_encoder  # noqa: E402
+from hf_paramgen.adapter_zoo import _context, build_adapter_zoo
+from hf_paramgen.adapters import apply_adapter, load_adapter, lora_layout
+from hf_paramgen.generation import make_text_encoder
 
 BASES = ("mnist-mlp", "minilm")
 KEYS = ("generated", "base_only", "trained_adapter", "retrieval", "seconds_per_adapter", "seconds_to_train_adapter")
