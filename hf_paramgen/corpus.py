@@ -206,10 +206,8 @@ class _Source:
 
 def _fetch(repo_id: str, revision: str | None) -> Path:
     """Download a model repo snapshot (honours HF_ENDPOINT, HF_HUB_OFFLINE and the HF cache)."""
-    try:
-        from .hub import fetch_snapshot  # shared helper, when present
-    except ImportError:
-        from huggingface_hub import snapshot_download as fetch_snapshot
+    from .hub import fetch_snapshot
+
     try:
         return Path(fetch_snapshot(repo_id, revision=revision, allow_patterns=_SNAPSHOT_FILES))
     except Exception as err:  # RepositoryNotFound, RevisionNotFound, LocalEntryNotFound, connection errors

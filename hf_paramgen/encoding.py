@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from datasets import DatasetDict, List, Value
 
-from .training import load_any_corpus, tokenizer_inputs
+from .corpus import load_corpus
+from .training import tokenizer_inputs
 
 
 def _encode_batch(batch: dict, param_tokenizer) -> dict:
@@ -63,7 +64,7 @@ def cli_encode_corpus(argv: list[str]) -> int:
 
     register()
     param_tokenizer = AutoModel.from_pretrained(args.param_tokenizer)
-    encoded = encode_corpus(load_any_corpus(args.corpus), param_tokenizer, batch_size=args.batch_size)
+    encoded = encode_corpus(load_corpus(args.corpus), param_tokenizer, batch_size=args.batch_size)
     out = Path(args.output_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     encoded.save_to_disk(str(tmp))

@@ -27,7 +27,8 @@ from .layout import ParamLayout
 from .generation import output_size
 from .modeling_param_prior import ParamPriorForCausalLM, structure_for_layout
 from .modeling_param_tokenizer import ParamTokenizer
-from .training import TrainingConfig, load_any_corpus, train
+from .corpus import load_corpus
+from .training import TrainingConfig, train
 
 FEW_SHOT_PER_CLASS = 5
 SMALL_DECODER = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
@@ -81,7 +82,7 @@ def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: Instr
     """
     from tqdm.auto import tqdm
 
-    corpus = load_any_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
+    corpus = load_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
     sample_encoders = dict(sample_encoders or {})
     rows = _model_rows(corpus, set(splits), architectures)
     out = {"model_id": [], "architecture": [], "split": [], "codes": [], "code_structure": [], "condition_embeds": [],
@@ -136,7 +137,7 @@ def train_prior(corpus, param_tokenizer_path: str, output_dir: str, prior_config
     folder, which `save_pretrained` replaces atomically); a killed run resumes there. `dataset_cache`
     (default `<output_dir>-work/prior_dataset`) caches the encoded rows across restarts.
     """
-    corpus = load_any_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
+    corpus = load_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
     tokenizer = ParamTokenizer.from_pretrained(param_tokenizer_path).eval()
     text = make_text_encoder(text_encoder)
     dim = text.dim if hasattr(text, "dim") else int(text("x").shape[-1])

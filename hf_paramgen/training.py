@@ -322,15 +322,6 @@ class TokenizerCollator:
         return inputs
 
 
-def load_any_corpus(path_or_repo_id: str):
-    """`hf_paramgen.corpus.load_corpus` when available, else `datasets.load_from_disk`."""
-    try:
-        from .corpus import load_corpus
-    except ImportError:
-        from datasets import load_from_disk as load_corpus
-    return load_corpus(path_or_repo_id)
-
-
 def split_rows(chunks_table, split: str):
     """Rows of the `chunks` table whose `split` column equals `split`, formatted for `TokenizerCollator`."""
     rows = chunks_table.filter(lambda s: [x == split for x in s], input_columns="split", batched=True,
@@ -382,7 +373,9 @@ def cli_train_tokenizer(argv: list[str]) -> int:
 
     args = tokenizer_arg_parser().parse_args(argv)
     torch.manual_seed(args.seed)  # the same initial weights on every process
-    corpus = load_any_corpus(args.corpus)
+    from .corpus import load_corpus
+
+    corpus = load_corpus(args.corpus)
     model = ParamTokenizer(_tokenizer_config_from_args(args, corpus))
     names = ("batch_size", "lr", "max_steps", "warmup_steps", "weight_decay", "log_every", "save_every", "eval_every",
              "eval_batches", "seed", "mixed_precision", "gradient_accumulation_steps", "max_time_s")
