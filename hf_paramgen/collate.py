@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .configuration_param_prior import ParamPriorConfig
-from .modeling_param_prior import structure_for_layout
+from .modeling_param_prior import NUM_STRUCTURE_FIELDS, structure_for_layout
 
 
 def _tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -24,7 +24,7 @@ class PriorCollator:
     Each row is a dict with
       * ``codes``: (T,) or (N, l) ints in [0, codebook_size), in chunk order;
       * ``condition_embeds`` (n_cond, d) and ``condition_types`` (n_cond,) (see `encode_instruction`);
-      * ``code_structure`` (T, 4), or ``architecture``: a name in ``config.layouts`` (the structure is then
+      * ``code_structure`` (T, 5), or ``architecture``: a name in ``config.layouts`` (the structure is then
         computed with ``config.chunk_size`` / ``config.aggregation`` and cached).
 
     Rows with more codes than ``max_codes`` are cropped to a random window ``codes[a:a+max_codes]``
@@ -57,12 +57,13 @@ class PriorCollator:
                     layout, self.config.chunk_size, self.config.codes_per_chunk, self.config.aggregation
                 )
             structure = self._structures[name]
-        if structure.shape != (num_codes, 4):
-            raise ValueError(f"code_structure has shape {tuple(structure.shape)}, the row's codes need ({num_codes}, 4).")
+        if structure.shape != (num_codes, NUM_STRUCTURE_FIELDS):
+            raise ValueError(f"code_structure has shape {tuple(structure.shape)}, the row's codes need "
+                             f"({num_codes}, {NUM_STRUCTURE_FIELDS}) (a corpus encoded by an older version? rebuild it).")
         return structure
 
     def _row(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids (1+m,), code_structure (1+m, 4)) of one row, cropped to `max_codes` codes."""
+        """(input_ids (1+m,), code_structure (1+m, 5)) of one row, cropped to `max_codes` codes."""
         codes = _tensor(row["codes"], torch.long).reshape(-1)
         structure = self._structure(row, codes.shape[0])
         if codes.shape[0] > self.max_codes:
@@ -71,7 +72,7 @@ class PriorCollator:
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), got [{int(codes.min())}, {int(codes.max())}].")
         ids = torch.cat([torch.tensor([self.config.bos_token_id]), codes + self.config.code_offset])
-        return ids, torch.cat([structure, structure.new_zeros(1, 4)])  # row p = code p; last row unused
+        return ids, torch.cat([structure, structure.new_zeros(1, NUM_STRUCTURE_FIELDS)])  # row p = code p; last row unused
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -86,7 +87,7 @@ class PriorCollator:
         batch = {
             "input_ids": torch.full((b, length), self.config.pad_token_id, dtype=torch.long),
             "attention_mask": torch.zeros(b, length, dtype=torch.long),
-            "code_structure": torch.zeros(b, length, 4, dtype=torch.long),
+            "code_structure": torch.zeros(b, length, NUM_STRUCTURE_FIELDS, dtype=torch.long),
             "condition_embeds": torch.zeros(b, n_max, dims.pop()),
             "condition_types": torch.zeros(b, n_max, dtype=torch.long),
             "condition_mask": torch.zeros(b, n_max, dtype=torch.long),

@@ -59,6 +59,8 @@ class ParamPriorConfig(PreTrainedConfig):
             matching ParamTokenizer lives.
         layouts: architecture name -> `ParamLayout.to_json()` of the architectures it was trained on.
         initializer_range: std of the normal init of the prior's own layers.
+        condition_injection: also add the instruction to every code token (and each class's prototype to
+            the head tokens of that class), not only as a prefix (see `modeling_param_prior`).
     """
 
     model_type = "param_prior"
@@ -86,6 +88,7 @@ class ParamPriorConfig(PreTrainedConfig):
         param_tokenizer_subfolder: str | None = None,
         layouts: dict[str, str] | None = None,
         initializer_range: float = 0.02,
+        condition_injection: bool = True,
         **kwargs,
     ):
         self.codebook_size = codebook_size
@@ -110,6 +113,7 @@ class ParamPriorConfig(PreTrainedConfig):
         self.param_tokenizer_subfolder = param_tokenizer_subfolder
         self.layouts = dict(layouts or {})
         self.initializer_range = initializer_range
+        self.condition_injection = bool(condition_injection)
         kwargs.pop("tie_word_embeddings", None)
         super().__init__(**kwargs)
         self.tie_word_embeddings = False

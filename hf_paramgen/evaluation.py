@@ -600,12 +600,14 @@ def plot_curves(result: dict, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def generator_fn(generator) -> GenerationTimer:
+def generator_fn(generator, **generate_kwargs) -> GenerationTimer:
     """A timed `generate_fn` around a `ParamGenerator`: `generate_for_task(task, architecture, num_samples, seed,
-    select_on=None)` (selection is done here, on the validation split); tokens = generated codes (k x N x T)."""
+    select_on=None, **generate_kwargs)` (selection is done here, on the validation split; `generate_kwargs`: decoding
+    and sampling options); tokens = generated codes (k x N x T)."""
 
     def call(task: Task, architecture: str, num_samples: int, seed: int) -> tuple[list[StateDict], int]:
-        out = generator.generate_for_task(task, architecture, num_samples=num_samples, seed=seed, select_on=None)
+        out = generator.generate_for_task(task, architecture, num_samples=num_samples, seed=seed, select_on=None,
+                                          **generate_kwargs)
         codes = torch.as_tensor(out.codes)  # (k, N, T)
         timer.tokens_per_sample = int(codes[0].numel()) if codes.ndim else 0
         return list(out.state_dicts), int(codes.numel())
@@ -640,6 +642,10 @@ def cli_evaluate(argv: list[str]) -> int:
     parser.add_argument("--finetune_steps", type=int, default=20)
     parser.add_argument("--max_steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decoding", choices=("sample", "mean"), default="mean",
+                        help="decode the sampled codes, or the expected weights under each code's distribution")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
     parser.add_argument("--baselines_only", action="store_true", help="no generator: all baselines incl. the ridge map")
     parser.add_argument("--small", action="store_true", help="1 task per split, k=2, short curves (tests)")
     parser.add_argument("--hashing_conditions", action="store_true", help="HashingTextEncoder instead of MiniLM (tests)")
@@ -661,11 +667,14 @@ def cli_evaluate(argv: list[str]) -> int:
         from .generation import ParamGenerator
 
         generator = ParamGenerator.from_pretrained(args.generator)
-        gen_fn = generator_fn(generator)
+        gen_fn = generator_fn(generator, decoding=args.decoding, temperature=args.temperature, top_k=args.top_k)
     result = evaluate_generator(gen_fn, args.zoo_dir, args.architectures, num_tasks_per_split=args.num_tasks, k=args.k,
                                 finetune_steps=args.finetune_steps, seed=args.seed, condition_fn=condition_fn,
                                 num_classes=args.num_classes or None, max_steps=args.max_steps,
                                 heldout_architectures=args.heldout_architectures)
+    if not args.baselines_only:
+        result["settings"]["generation"] = {"decoding": args.decoding, "temperature": args.temperature,
+                                            "top_k": args.top_k}
     result["tokens_per_second"] = result["compute_floor_ratio"] = None
     if gen_fn is not None and gen_fn.tokens_per_second:
         params, hidden, layers, max_context = _prior_size(generator)

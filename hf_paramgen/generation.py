@@ -32,6 +32,7 @@ TOKENIZER_SUBFOLDER = "param_tokenizer"
 SAMPLE_ENCODERS_SUBFOLDER = "sample_encoders"
 MAX_INSTRUCTION_WORDS = 200  # MiniLM reads 256 word pieces; longer texts would be silently truncated
 DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}
+DECODINGS = ("sample", "mean")
 
 
 class GenerationError(ValueError):
@@ -233,15 +234,20 @@ class ParamGenerator:
 
     # -------------------------------------------------------------- generation
     def generate(self, target, task_text: str, samples=None, num_samples: int = 1, seed: int | None = None,
-                 validation=None, **sampling) -> GenerationResult:
+                 validation=None, decoding: str = "sample", **sampling) -> GenerationResult:
         """Sample `num_samples` parameter sets for `target` (an `nn.Module` template or a `ParamLayout`).
 
         Args:
             samples: few labelled samples `(X, y)`, y in 0..num_classes-1 in the target's output order.
             validation: `(X, y)` of the caller's validation data: scores every sample, returns the best loaded
                 into a copy of the template (needs an `nn.Module` target). Never pass test data.
+            decoding: "sample" decodes the sampled codes; "mean" decodes, chunk by chunk, the expected weights
+                under the distribution each code was sampled from (`ParamTokenizer.decode_expected`): the codes
+                still follow one sampled path, the weights are its posterior mean (less sampling noise).
             **sampling: `generate` options (default `do_sample=True, temperature=1.0, top_k=0`).
         """
+        if decoding not in DECODINGS:
+            raise GenerationError(f"decoding must be one of {DECODINGS}, got {decoding!r}.")
         template = target if isinstance(target, nn.Module) else None
         if template is not None:
             layout = ParamLayout.from_module(template)
@@ -254,10 +260,16 @@ class ParamGenerator:
         self.check_layout(layout)
         cond = self.encode(layout, task_text, samples)
         tok = self.param_tokenizer.config
-        codes = self.prior.generate_codes(**cond, layout=layout, chunk_size=tok.chunk_size, aggregation=tok.aggregation,
-                                          num_samples=num_samples, seed=seed, **{**DEFAULT_SAMPLING, **sampling})
+        out = self.prior.generate_codes(**cond, layout=layout, chunk_size=tok.chunk_size, aggregation=tok.aggregation,
+                                        num_samples=num_samples, seed=seed, return_probs=decoding == "mean",
+                                        **{**DEFAULT_SAMPLING, **sampling})
         with torch.no_grad():
-            state_dicts = [self.param_tokenizer.decode(c, layout) for c in codes]  # codes (k, N, T)
+            if decoding == "mean":
+                codes, probs = out
+                state_dicts = [self.param_tokenizer.decode_expected(p, layout) for p in probs]  # probs (k, N, T, K)
+            else:
+                codes = out
+                state_dicts = [self.param_tokenizer.decode(c, layout) for c in codes]  # codes (k, N, T)
         scores: list[float | None] = [None] * len(state_dicts)
         best, model = 0, None
         if template is not None:
@@ -274,7 +286,7 @@ class ParamGenerator:
         return GenerationResult(state_dicts, codes, scores, best, model)
 
     def generate_for_task(self, task, architecture: str, num_samples: int = 4, seed: int | None = None,
-                          select_on: str | None = "validation", **sampling) -> GenerationResult:
+                          select_on: str | None = "validation", decoding: str = "sample", **sampling) -> GenerationResult:
         """Zoo convenience: conditions on the task's text + 5 train samples per class; best-of-k on `select_on`."""
         from .architectures import build_model
         from .data import few_shot_samples, load_task_split
@@ -283,7 +295,7 @@ class ParamGenerator:
         samples = few_shot_samples(task, per_class=5, split="train")
         validation = load_task_split(task, select_on) if select_on else None
         return self.generate(template, task.instruction, samples=samples, num_samples=num_samples, seed=seed,
-                             validation=validation, **sampling)
+                             validation=validation, decoding=decoding, **sampling)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

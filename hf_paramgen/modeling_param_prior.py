@@ -5,11 +5,18 @@ The decoder is a stock transformers model (`AutoModel.from_config(config.decoder
 
     prefix   = proj(condition_embeds) + type_embed(condition_types)            (b, n_cond, h)
     tokens   = token_embed(input_ids) + structure_embed(code_structure)        (b, q, h)
+             + token_condition(mean of proj(condition_embeds))                 (condition_injection)
+             + class_condition(proj(prototype of the token's class))           (head tokens only)
     decoder([prefix; tokens]) -> lm_head -> logits over the vocabulary (specials are never predicted)
+
+With `config.condition_injection` (default) every code token also sees the instruction directly, not
+only through attention to the prefix, and a token of the classifier head (structure field
+`class_slot` = 1 + i) sees the projected prototype of class i: the condition decides the head rows
+class by class, which is what lets a generated head follow a new label order (DESIGN.md section 1).
 
 `input_ids` never contain the prefix: they are `[BOS, code_0 + code_offset, ...]`. Row `p` of
 `code_structure` describes the code **predicted** at position `p` (the target), i.e. code `p`:
-`(tensor_index, chunk_in_tensor, kind_id, slot)`, so the prior always knows where in the network
+`(tensor_index, chunk_in_tensor, kind_id, slot, class_slot)`, so the prior always knows where in the network
 the next code lies, also in block-wise generation where positions in the decoder are relative.
 
 How the training collator builds a batch (`hf_paramgen.collate.PriorCollator` does this):
@@ -20,7 +27,7 @@ How the training collator builds a batch (`hf_paramgen.collate.PriorCollator` do
   by the position ids, so a row's result does not depend on its batch mates.
 * ``input_ids`` (b, 1+T_max): ``[BOS] + codes_to_input_ids(codes)``, right-padded with ``pad_token_id``;
   ``attention_mask`` (b, 1+T_max): 1 on real tokens.
-* ``code_structure`` (b, 1+T_max, 4): ``structure_for_layout(...)`` of the row's network (row p =
+* ``code_structure`` (b, 1+T_max, 5): ``structure_for_layout(...)`` of the row's network (row p =
   code p), one pad row (zeros) appended and right-padded with zeros.
 * ``labels`` (b, 1+T_max): ``input_ids`` with -100 on BOS and padding (shifted inside `forward`).
 * Networks longer than a block: crop a random window of ``codes[a:a+m]`` (structure rows ``a:a+m``
@@ -41,24 +48,60 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .chunking import chunk_positions
 from .configuration_param_prior import ParamPriorConfig
 
-STRUCTURE_FIELDS: tuple[str, ...] = ("tensor_index", "chunk_in_tensor", "kind_id", "slot")
+STRUCTURE_FIELDS: tuple[str, ...] = ("tensor_index", "chunk_in_tensor", "kind_id", "slot", "class_slot")
+NUM_STRUCTURE_FIELDS = len(STRUCTURE_FIELDS)
+
+
+def head_tensors(layout) -> list[int]:
+    """Indices of the classifier head's tensors: the last `linear.weight` and the `linear.bias` right after it.
+
+    Row i of these tensors is output unit i, i.e. class i of the task; adapters and layouts without a
+    trailing Linear have no head.
+    """
+    specs = layout.specs
+    weights = [i for i, s in enumerate(specs) if s.kind == "linear.weight" and not s.is_buffer and len(s.shape) == 2]
+    if not weights:
+        return []
+    w = weights[-1]
+    head = [w]
+    if w + 1 < len(specs) and specs[w + 1].kind == "linear.bias" and tuple(specs[w + 1].shape) == (specs[w].shape[0],):
+        head.append(w + 1)
+    return head
+
+
+def class_slots(layout, chunk_size: int, aggregation: str = "layer") -> torch.Tensor:
+    """LongTensor (N,): 1 + the output unit (class) a chunk's first weight belongs to in the head, 0 elsewhere."""
+    position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
+    out = torch.zeros(position.shape[0], dtype=torch.long)
+    for t in head_tensors(layout):
+        spec = layout.specs[t]
+        rows = position[:, 0] == t
+        if aggregation == "layer":
+            local = position[rows, 1] * chunk_size
+        else:  # chunk index is global: offset of the chunk's first weight inside tensor t
+            local = position[rows, 1] * chunk_size - spec.offset
+        out[rows] = 1 + local.clamp(min=0) // max(1, spec.numel // spec.shape[0])
+    return out
 
 
 def structure_for_layout(layout, chunk_size: int, codes_per_chunk: int, aggregation: str = "layer") -> torch.Tensor:
-    """Per-code structure of a network: LongTensor (N*l, 4) of `STRUCTURE_FIELDS`, in code order.
+    """Per-code structure of a network: LongTensor (N*l, 5) of `STRUCTURE_FIELDS`, in code order.
 
     Each chunk's `(tensor_index, chunk_in_tensor, kind_id)` from `chunk_positions` is repeated over
-    its `codes_per_chunk` slots; the 4th column is the slot. Values are not clipped here.
+    its `codes_per_chunk` slots; the 4th column is the slot, the 5th the chunk's `class_slots` entry
+    (1 + class index inside the classifier head, 0 elsewhere). Values are not clipped here.
     """
     if not isinstance(codes_per_chunk, int) or codes_per_chunk <= 0:
         raise ValueError(f"codes_per_chunk must be a positive int, got {codes_per_chunk!r}.")
     position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
     slots = torch.arange(codes_per_chunk).repeat(position.shape[0])  # (N*l,)
-    return torch.cat([position.repeat_interleave(codes_per_chunk, dim=0), slots[:, None]], dim=1)
+    classes = class_slots(layout, chunk_size, aggregation)  # (N,)
+    per_code = lambda x: x.repeat_interleave(codes_per_chunk, dim=0)  # noqa: E731  chunk rows -> code rows
+    return torch.cat([per_code(position), slots[:, None], per_code(classes)[:, None]], dim=1)
 
 
 class CodeStructureEmbedding(nn.Module):
-    """Sum of four embeddings of `code_structure` (..., 4); indices clipped to each table's last row."""
+    """Sum of four embeddings of `code_structure` (..., 5) (its first four fields); indices clipped to each table's last row."""
 
     def __init__(self, config: ParamPriorConfig, hidden_size: int):
         super().__init__()
@@ -67,7 +110,7 @@ class CodeStructureEmbedding(nn.Module):
         self.kind = nn.Embedding(config.num_kinds, hidden_size)
         self.slot = nn.Embedding(config.codes_per_chunk, hidden_size)
 
-    def forward(self, code_structure: torch.Tensor) -> torch.Tensor:  # (b, q, 4) -> (b, q, h)
+    def forward(self, code_structure: torch.Tensor) -> torch.Tensor:  # (b, q, 5) -> (b, q, h); class_slot unused here
         tables = (self.tensor, self.chunk, self.kind, self.slot)
         return sum(t(code_structure[..., i].clamp(0, t.num_embeddings - 1)) for i, t in enumerate(tables))
 
@@ -89,6 +132,9 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
         self.condition_type_embed = nn.Embedding(config.num_condition_types, hidden)
         self.structure_embed = CodeStructureEmbedding(config, hidden)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        if config.condition_injection:
+            self.token_condition = nn.Linear(hidden, hidden)
+            self.class_condition = nn.Linear(hidden, hidden)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -158,6 +204,25 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
         proj = self.condition_proj(condition_embeds.to(self.lm_head.weight.dtype))
         return proj + self.condition_type_embed(condition_types)  # (b, n, h)
 
+    def _injection(self, condition_embeds, condition_types, condition_mask, code_structure) -> torch.Tensor:
+        """What every code token adds to its embedding: (b, 1 or q, h) (see the module docstring)."""
+        b, n, _ = condition_embeds.shape
+        proj = self.condition_proj(condition_embeds.to(self.lm_head.weight.dtype))  # (b, n, h)
+        mask = condition_mask.to(proj.dtype)[..., None]  # (b, n, 1)
+        proj = proj * mask
+        out = self.token_condition(proj.sum(1) / mask.sum(1).clamp(min=1))[:, None]  # (b, 1, h)
+        if code_structure is None or code_structure.shape[-1] < NUM_STRUCTURE_FIELDS:
+            return out
+        if condition_types is None:
+            condition_types = torch.zeros(b, n, dtype=torch.long, device=proj.device)
+        h, types = proj.shape[-1], self.config.num_condition_types
+        table = proj.new_zeros(b, types, h).scatter_add_(1, condition_types[..., None].expand(-1, -1, h), proj)
+        cls = code_structure[..., 4]  # (b, q): 1 + class index in the head, 0 elsewhere
+        is_head = (cls > 0)[..., None].to(proj.dtype)
+        index = torch.where(cls > 0, (cls + 1).clamp(max=types - 1), 0)  # class i is condition type 2 + i
+        vectors = table.gather(1, index[..., None].expand(-1, -1, h))  # (b, q, h)
+        return out + self.class_condition(vectors) * is_head
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -180,7 +245,7 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
             input_ids: (b, q) `[BOS, codes + code_offset ...]`, or only the new ids when `cache` holds the past.
             condition_embeds / condition_types / condition_mask: (b, n_cond, d) / (b, n_cond) / (b, n_cond);
                 types default to 0 (text), the mask to all ones.
-            code_structure: (b, q, 4), row p = structure of the code predicted at position p.
+            code_structure: (b, q, 5) (4 accepted: no class_slot), row p = structure of the code predicted at position p.
             attention_mask: (b, past_ids + q) over `input_ids` only, or (b, n_cond + past_ids + q) including the prefix.
             labels: (b, q), -100 where ignored; shifted inside (position p predicts labels[p+1]).
             cache / past_key_values: a transformers `Cache` (`past_key_values` is the older name).
@@ -197,14 +262,19 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
         past = cache.get_seq_length() if cache is not None else 0
         embeds = self.get_input_embeddings()(input_ids)  # (b, q, h)
         if code_structure is not None:
-            if code_structure.shape != (b, q, 4):
-                raise ValueError(f"code_structure must be (b, q, 4)={(b, q, 4)}, got {tuple(code_structure.shape)}.")
+            if code_structure.ndim != 3 or code_structure.shape[:2] != (b, q) or code_structure.shape[2] not in (4, 5):
+                raise ValueError(
+                    f"code_structure must be (b, q, {NUM_STRUCTURE_FIELDS})={(b, q, NUM_STRUCTURE_FIELDS)}, "
+                    f"got {tuple(code_structure.shape)}."
+                )
             embeds = embeds + self.structure_embed(code_structure)
         n_cond = 0 if condition_embeds is None else condition_embeds.shape[1]
         if condition_embeds is not None and condition_embeds.shape[0] != b:
             raise ValueError(f"condition_embeds hold {condition_embeds.shape[0]} rows, input_ids {b}.")
         if condition_mask is None:
             condition_mask = torch.ones(b, n_cond, dtype=torch.long, device=input_ids.device)
+        if self.config.condition_injection and n_cond:
+            embeds = embeds + self._injection(condition_embeds, condition_types, condition_mask.long(), code_structure)
         if past == 0 and n_cond:
             embeds = torch.cat([self._prefix(condition_embeds, condition_types), embeds], dim=1)
         mask = self._full_attention_mask(attention_mask, condition_mask.long(), past, b, q)  # (b, past + len)
@@ -272,8 +342,9 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
         seed: int | None = None,
         block_window: int | None = None,
         show_progress: bool = False,
+        return_probs: bool = False,
         **sampling,
-    ) -> torch.LongTensor:
+    ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
         """Sample the codes of a whole network: LongTensor (b * num_samples, N, l), instruction-major.
 
         Args:
@@ -283,6 +354,8 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
             num_samples: samples per instruction.
             seed: seeds `torch.manual_seed` for this call only (global RNG state is restored).
             block_window: codes of the previous block kept as context when the network is longer than a block.
+            return_probs: also return the distribution each code was drawn from, (b * num_samples, N, l, K)
+                float (after temperature/top-k/top-p), e.g. for `ParamTokenizer.decode_expected`.
             **sampling: `GenerationMixin.generate` options (do_sample, top_k, top_p, temperature, ...).
         """
         if "num_return_sequences" in sampling:
@@ -305,11 +378,15 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
         with rng:
             if seed is not None:
                 torch.manual_seed(seed)
-            codes = self._generate_blocks(cond, structure.to(device), b * num_samples, block_window, show_progress,
-                                          sampling)
-        return codes.view(b * num_samples, -1, l)
+            codes, probs = self._generate_blocks(cond, structure.to(device), b * num_samples, block_window,
+                                                 show_progress, sampling, return_probs)
+        codes = codes.view(b * num_samples, -1, l)
+        if return_probs:
+            return codes, probs.view(b * num_samples, -1, l, self.config.codebook_size)
+        return codes
 
-    def _generate_blocks(self, cond: dict, structure: torch.Tensor, batch: int, window, show_progress, sampling):
+    def _generate_blocks(self, cond: dict, structure: torch.Tensor, batch: int, window, show_progress, sampling,
+                         return_probs: bool = False):
         """Algorithm 1 of IGPG: one block if the network fits the context, else blocks with a window."""
         from tqdm.auto import tqdm
 
@@ -321,18 +398,27 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
         if not 0 <= window < capacity:
             raise ValueError(f"block_window must lie in [0, {capacity}) (codes per block), got {window}.")
         codes = torch.empty(batch, 0, dtype=torch.long, device=structure.device)
+        probs = [] if return_probs else None
         with tqdm(total=total, desc="codes", unit="code", disable=not show_progress) as bar:
             while codes.shape[1] < total:
                 done = codes.shape[1]
                 w = min(window, done)
                 new = min(capacity - w, total - done)
-                block = self._generate_block(cond, codes[:, done - w :], structure[done - w : done + new], new, sampling)
+                block = self._generate_block(cond, codes[:, done - w :], structure[done - w : done + new], new, sampling,
+                                             return_probs)
+                if return_probs:
+                    block, block_probs = block
+                    probs.append(block_probs)
                 codes = torch.cat([codes, block], dim=1)
                 bar.update(new)
-        return codes
+        return codes, (torch.cat(probs, dim=1) if return_probs else None)
 
-    def _generate_block(self, cond: dict, prompt: torch.Tensor, structure: torch.Tensor, new: int, sampling: dict):
-        """`new` codes after `[BOS] + prompt`; `structure` (w+new, 4) holds the absolute rows of prompt and new codes."""
+    def _generate_block(self, cond: dict, prompt: torch.Tensor, structure: torch.Tensor, new: int, sampling: dict,
+                        return_probs: bool = False):
+        """`new` codes after `[BOS] + prompt`; `structure` (w+new, 5) holds the absolute rows of prompt and new codes.
+
+        Returns the new codes (B, new), and with `return_probs` also their distributions (B, new, K).
+        """
         batch = prompt.shape[0]
         bos = torch.full((batch, 1), self.config.bos_token_id, dtype=torch.long, device=prompt.device)
         input_ids = torch.cat([bos, self.codes_to_input_ids(prompt)], dim=1)  # (B, 1+w)
@@ -346,8 +432,13 @@ class ParamPriorForCausalLM(PreTrainedModel, GenerationMixin):
             pad_token_id=self.config.pad_token_id,
             **cond,
             **sampling,
+            **({"output_scores": True, "return_dict_in_generate": True} if return_probs else {}),
         )
-        return self.input_ids_to_codes(out[:, input_ids.shape[1] :])  # (B, new)
+        if not return_probs:
+            return self.input_ids_to_codes(out[:, input_ids.shape[1] :])  # (B, new)
+        scores = torch.stack(out.scores, dim=1).float()  # (B, new, V), processed as the sampler saw them
+        probs = scores[..., self.config.code_offset :].softmax(-1)
+        return self.input_ids_to_codes(out.sequences[:, input_ids.shape[1] :]), probs
 
 
 def register() -> None:

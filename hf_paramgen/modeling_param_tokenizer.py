@@ -251,6 +251,37 @@ class ParamTokenizer(ParamTokenizerPreTrainedModel):
         chunks = self.decode_codes(torch.cat(codes), torch.cat(positions)).split([len(x) for x in codes])
         return [lay.unflatten(unchunk(ch, lay, agg) / lay.fan_in_scale()) for ch, lay in zip(chunks, layouts)]
 
+    @torch.no_grad()
+    def decode_expected(self, probs: torch.Tensor, layout: ParamLayout) -> dict[str, torch.Tensor]:
+        """A distribution over each chunk's code (N, 1, K) (or (N, K)) -> the state_dict of the expected weights.
+
+        Chunk n becomes `sum_k probs[n, k] * decode(k at n's position)`: the posterior mean of the weights
+        under the prior's per-code distribution instead of one draw from it (one code per chunk and a
+        single codebook only; the decoder is a per-chunk MLP, so each distinct position is decoded for
+        all K codes once).
+        """
+        cfg = self.config
+        if cfg.tokens_per_chunk != 1 or cfg.num_quantizers != 1:
+            raise ValueError(f"decode_expected needs one code per chunk and one codebook; this ParamTokenizer has "
+                             f"tokens_per_chunk={cfg.tokens_per_chunk}, num_quantizers={cfg.num_quantizers}.")
+        self._check_layout(layout)
+        probs = torch.as_tensor(probs)
+        probs = probs[:, 0] if probs.ndim == 3 else probs
+        n, k = num_chunks(layout, cfg.chunk_size, cfg.aggregation), cfg.codebook_size
+        if probs.shape != (n, k) or not probs.is_floating_point():
+            raise ValueError(f"probs must be a float (N, 1, K) or (N, K) tensor with N={n} chunks and K={k} codes, "
+                             f"got {tuple(probs.shape)} {probs.dtype}.")
+        position = chunk_positions(layout, cfg.chunk_size, cfg.aggregation)[0]
+        table_keys = position.clone()
+        for i, size in enumerate((cfg.max_tensors, cfg.max_chunks_per_tensor, cfg.num_kinds)):
+            table_keys[:, i] = table_keys[:, i].clamp(0, size - 1)  # positions the decoder cannot tell apart
+        unique, inverse = torch.unique(table_keys, dim=0, return_inverse=True)  # (U, 3), (N,)
+        codes = torch.arange(k).repeat(unique.shape[0])[:, None]  # (U*K, 1)
+        table = self.decode_codes(codes, unique.repeat_interleave(k, dim=0)).view(unique.shape[0], k, -1)  # (U, K, C)
+        chunks = torch.einsum("nk,nkc->nc", probs.float().cpu(), table[inverse])
+        weights = unchunk(chunks, layout, cfg.aggregation) / layout.fan_in_scale()
+        return layout.unflatten(weights)
+
     def reconstruct(self, state_dict_or_module, layout: ParamLayout | None = None) -> dict[str, torch.Tensor]:
         """`decode(encode(x))`: the state_dict the codes of `x` stand for."""
         if layout is None:

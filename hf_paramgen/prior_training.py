@@ -28,7 +28,7 @@ from .generation import output_size
 from .modeling_param_prior import ParamPriorForCausalLM, structure_for_layout
 from .modeling_param_tokenizer import ParamTokenizer
 from .corpus import load_corpus
-from .training import TrainingConfig, train
+from .training import TrainingConfig, best_model_dir, train
 
 FEW_SHOT_PER_CLASS = 5
 SMALL_DECODER = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
@@ -69,7 +69,7 @@ def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: Instr
                         splits: tuple[str, ...] = ("train",), architectures: list[str] | None = None,
                         sample_encoders: dict[str, SampleEncoder] | None = None,
                         max_condition_tokens: int | None = None) -> Dataset:
-    """One row per model: `codes` (N*T,), `code_structure` (N*T, 4), `condition_embeds` (n, d), `condition_types` (n,), `architecture`, `model_id`.
+    """One row per model: `codes` (N*T,), `code_structure` (N*T, 5), `condition_embeds` (n, d), `condition_types` (n,), `architecture`, `model_id`.
 
     Args:
         corpus: a corpus `DatasetDict` (or its path / repo id).
@@ -97,7 +97,7 @@ def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: Instr
             out["architecture"].append(row["architecture"])
             out["split"].append(row["split"])
             out["codes"].append(codes.reshape(-1).numpy().astype(np.int32))
-            structure = structure_for_layout(layout, tok.chunk_size, tok.tokens_per_chunk, tok.aggregation)  # (N*T, 4)
+            structure = structure_for_layout(layout, tok.chunk_size, tok.tokens_per_chunk, tok.aggregation)  # (N*T, 5)
             out["code_structure"].append(structure.numpy().astype(np.int32))
             out["condition_embeds"].append(embeds.numpy())
             out["condition_types"].append(types.numpy())
@@ -162,6 +162,9 @@ def train_prior(corpus, param_tokenizer_path: str, output_dir: str, prior_config
     prior = ParamPriorForCausalLM(config)
     collator = PriorCollator(config, seed=training_config.seed)
     train(prior, data["train"], collator, training_config, eval_dataset=data["validation"])
+    best = best_model_dir(training_config.output_dir)
+    if training_config.keep_best and best is not None:  # the prior with the lowest validation loss, not the last one
+        prior = ParamPriorForCausalLM.from_pretrained(best)
     generator = ParamGenerator(prior, tokenizer, text_encoder, samplers, text_encoder=text)
     generator.save_pretrained(output_dir)
     return generator
@@ -189,16 +192,20 @@ def cli_train_prior(argv: list[str]) -> int:
     p.add_argument("--eval_every", type=int, default=100)
     p.add_argument("--max_time_s", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep_last", action="store_true",
+                   help="save the last prior, not the one with the lowest validation loss")
+    p.add_argument("--no_condition_injection", action="store_true",
+                   help="condition through the prefix only (IGPG), not also on every code token")
     args = p.parse_args(argv)
     h = args.hidden_size
-    overrides = {"max_position_embeddings": args.context,
+    overrides = {"max_position_embeddings": args.context, "condition_injection": not args.no_condition_injection,
                  "transformer": {**SMALL_DECODER, "hidden_size": h, "intermediate_size": 4 * h,
                                  "num_hidden_layers": args.num_layers, "num_attention_heads": args.num_heads,
                                  "num_key_value_heads": args.num_heads}}
     tc = TrainingConfig(output_dir=str(work_dir(args.output_dir) / "training"), batch_size=args.batch_size, lr=args.lr,
                         max_steps=args.max_steps, warmup_steps=args.warmup_steps, log_every=args.log_every,
                         save_every=args.save_every, eval_every=args.eval_every, max_time_s=args.max_time_s,
-                        seed=args.seed, weight_decay=0.01)
+                        seed=args.seed, weight_decay=0.01, keep_best=not args.keep_last)
     start = time.perf_counter()
     train_prior(args.corpus, args.param_tokenizer, args.output_dir, overrides, tc, args.architectures, args.text_encoder,
                 tuple(args.sample_datasets))

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 STATE_FILE = "trainer_state.json"
+BEST_FILE = "best.json"
 
 
 @dataclass
@@ -36,7 +37,9 @@ class TrainingConfig:
     """Settings of `train`. Steps count optimiser updates (`gradient_accumulation_steps` batches each).
 
     `max_time_s` stops early (saving as usual) once that much wall time has passed; `eval_every=0`
-    evaluates at each log step when an eval dataset is given.
+    evaluates at each log step when an eval dataset is given. `keep_best` also saves the model with
+    the lowest `eval_loss` so far into `<output_dir>/best` (with `best.json`: step and loss), so an
+    overfitting run still hands back its best model (`best_model_dir`).
     """
 
     output_dir: str
@@ -57,6 +60,7 @@ class TrainingConfig:
     num_workers: int = 0
     max_time_s: float | None = None
     save_total_limit: int = 2
+    keep_best: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -111,6 +115,31 @@ def save_checkpoint(accelerator: Accelerator, model, config: TrainingConfig, ste
         _save_model(accelerator, model, out if final else out / f"checkpoint-{step}")
         _prune(out, "checkpoint", config.save_total_limit)
     accelerator.wait_for_everyone()
+
+
+def best_model_dir(output_dir) -> Path | None:
+    """`<output_dir>/best` if a `keep_best` run saved one there, else None."""
+    best = Path(output_dir) / "best"
+    return best if (best / BEST_FILE).is_file() else None
+
+
+def _best_loss(config: TrainingConfig) -> float | None:
+    best = best_model_dir(config.output_dir)
+    return json.loads((best / BEST_FILE).read_text())["eval_loss"] if best is not None else None
+
+
+def _maybe_save_best(accelerator: Accelerator, model, config: TrainingConfig, record: dict, best: float | None):
+    """Save the model into `<output_dir>/best` when `record["eval_loss"]` beats `best`; returns the new best."""
+    loss = record.get("eval_loss")
+    if not config.keep_best or loss is None or (best is not None and loss >= best):
+        return best
+    if accelerator.is_main_process:
+        target = Path(config.output_dir) / "best"
+        (target / BEST_FILE).unlink(missing_ok=True)  # a half-written best folder never looks finished
+        _save_model(accelerator, model, target)
+        _atomic_write_text(target / BEST_FILE, json.dumps({"step": record["step"], "eval_loss": loss}))
+    accelerator.wait_for_everyone()
+    return loss
 
 
 def _resume(accelerator: Accelerator, config: TrainingConfig) -> int:
@@ -230,6 +259,7 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
     step = _resume(accelerator, config)
     model.train()
     started, sums, count, record, seen = time.time(), {}, 0, {}, 0
+    best = _best_loss(config) if step else None
     bar = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     stream = _batches(accelerator, loader, step * config.gradient_accumulation_steps)
     while step < config.max_steps:
@@ -246,6 +276,7 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
         if step % config.log_every == 0 or step == config.max_steps or out_of_time:
             record = _log_step(accelerator, model, config, step, sums, count, scheduler, eval_loader, started)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
+            best = _maybe_save_best(accelerator, model, config, record, best)
             sums, count = {}, 0
         if out_of_time:
             break

@@ -71,6 +71,13 @@ PRESETS: dict[str, dict] = {
                           "mlp-784-32-32": (3, 1.0), "cnn-mnist": (3, 0.5), "mlp-784-48": (3, 0.25),
                           "mlp-64-32": (4, 1.0), "cnn-digits": (3, 1.0)},
     },
+    # what a generator can learn from (DESIGN.md section 1): one architecture, one shared initialisation
+    # for every checkpoint (so a smooth map from instruction to weights exists), many ordered 4-class tasks
+    "shared": {
+        "families": {"mnist-4class": ("mnist", (4,), "none", 700)},
+        "architectures": {"cnn-mnist": (2, 1.0)},
+        "inits": ("shared-0",),
+    },
     # the README's main job: one task family and one small architecture, so the chain runs in minutes
     "demo": {
         "families": {"mnist-4class": ("mnist", (4,), "none", 48)},
@@ -122,9 +129,14 @@ def make_tasks(preset: str = "full", seed: int = SPLIT_SEED) -> list[dict]:
     return tasks
 
 
+def init_schedule(preset: str) -> tuple[str, ...]:
+    """Initialisation of seed k of a preset: `init_schedule(preset)[k % len(...)]` (default `INIT_SCHEDULE`)."""
+    return tuple(PRESETS[preset].get("inits", INIT_SCHEDULE))
+
+
 def plan_checkpoints(tasks: list[dict], preset: str = "full") -> list[dict]:
     """One job per (task, architecture, seed): ids, paths, init and split, in a fixed order."""
-    jobs = []
+    jobs, schedule = [], init_schedule(preset)
     for task in tasks:
         for arch, (seeds, fraction) in PRESETS[preset]["architectures"].items():
             if ARCHITECTURE_DATASET[arch] != task["dataset"]:
@@ -133,7 +145,7 @@ def plan_checkpoints(tasks: list[dict], preset: str = "full") -> list[dict]:
                 continue
             split = "heldout_architecture" if arch in HELDOUT_ARCHITECTURES else task["split"]
             for seed in range(seeds):
-                init = INIT_SCHEDULE[seed % len(INIT_SCHEDULE)]
+                init = schedule[seed % len(schedule)]
                 init_seed = SHARED_INIT_SEEDS.get(init, _stable_int(task["task_id"], arch, seed))
                 jobs.append({"id": f"{task['task_id']}--{arch}--seed{seed}",
                              "path": f"checkpoints/{arch}/{task['task_id']}--seed{seed}", "task": task,
@@ -361,7 +373,7 @@ def _manifest(preset: str, tasks: list[dict], jobs: list[dict], output_dir: Path
         "format": "hf_paramgen-model-zoo/1", "preset": preset,
         "data_splits": {d: split_info(d) for d in sorted({t["dataset"] for t in tasks})},
         "training_recipe": TRAINING_RECIPE,
-        "init": {"schedule": list(INIT_SCHEDULE), "rule": "seed k uses schedule[k % 4]", "shared_seeds": SHARED_INIT_SEEDS,
+        "init": {"schedule": list(init_schedule(preset)), "rule": "seed k uses schedule[k % len(schedule)]", "shared_seeds": SHARED_INIT_SEEDS,
                  "independent_seed": "zlib.crc32('<task_id>/<architecture>/<seed>')",
                  "how": "torch.manual_seed(init_seed); build_model(architecture, num_classes)"},
         "task_split": {"seed": SPLIT_SEED, "fractions_per_family": TASK_SPLIT_FRACTIONS},
@@ -375,7 +387,7 @@ def _manifest(preset: str, tasks: list[dict], jobs: list[dict], output_dir: Path
         "checkpoints": entries, "num_checkpoints": len(entries), "num_planned_checkpoints": len(jobs),
         "num_tasks": len({e["task_id"] for e in entries}), "num_architectures": len({e["architecture"] for e in entries}),
         "num_checkpoints_per_split": {s: sum(e["split"] == s for e in entries) for s in CHECKPOINT_SPLITS},
-        "num_checkpoints_per_init": {i: sum(e["init"] == i for e in entries) for i in sorted(set(INIT_SCHEDULE))},
+        "num_checkpoints_per_init": {i: sum(e["init"] == i for e in entries) for i in sorted(set(init_schedule(preset)))},
         "summary": _summary(entries) if entries else {}, **run,
     }
 
@@ -400,7 +412,7 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
 
     Args:
         output_dir: the zoo folder (created if missing).
-        preset: "full" (>= 2,000 checkpoints) or "tiny" (a few dozen, for tests and demos).
+        preset: a name in `PRESETS`: "full" (>= 2,000 checkpoints), "shared" (one architecture, one shared init), "demo", "tiny".
         num_workers: training processes (1: in this process).
         limit: build only the first `limit` planned checkpoints.
 

@@ -148,6 +148,27 @@ def test_decode_denormalises_by_shape_derived_scale():
     assert torch.allclose(flat * layout.fan_in_scale(), normalised, atol=1e-6)
 
 
+def test_decode_expected_averages_the_decoded_codes_and_checks_its_input():
+    model = tiny_tokenizer(codes_per_chunk=1, num_quantizers=1).eval()
+    net = tiny_net()
+    layout = ParamLayout.from_module(net)
+    codes = model.encode(net, layout)  # (N, 1)
+    k = model.config.codebook_size
+    one_hot = torch.nn.functional.one_hot(codes[:, 0], k).float()
+    expected = model.decode_expected(one_hot[:, None], layout)
+    for name, tensor in model.decode(codes, layout).items():
+        torch.testing.assert_close(expected[name], tensor, rtol=0, atol=1e-6)
+    other = (codes + 1) % k
+    half = model.decode_expected(0.5 * one_hot + 0.5 * torch.nn.functional.one_hot(other[:, 0], k).float(), layout)
+    mix = {n: 0.5 * a + 0.5 * b for (n, a), b in zip(model.decode(codes, layout).items(), model.decode(other, layout).values())}
+    for name in half:
+        torch.testing.assert_close(half[name], mix[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"probs must be a float \(N, 1, K\) or \(N, K\) tensor with N=\d+ chunks"):
+        model.decode_expected(one_hot[:-1], layout)
+    with pytest.raises(ValueError, match="needs one code per chunk"):
+        tiny_tokenizer().decode_expected(one_hot, layout)
+
+
 def test_batched_api_matches_one_by_one():
     model = tiny_tokenizer().eval()
     nets = [tiny_net(0), tiny_net(1)]
