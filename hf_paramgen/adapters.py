@@ -187,7 +187,8 @@ def lora_layout(base_model: nn.Module, lora_config: LoraConfig) -> ParamLayout:
 
     Built by peft on a meta-device copy (the base is neither changed nor copied in memory). Names are
     the keys of PEFT's `adapter_model.safetensors`; kinds are "lora_A" / "lora_B" (others by rank).
-    `metadata` holds `base` (see `base_model_identity`), `lora_config` (dict) and `peft_type`.
+    `metadata` holds `base` (see `base_model_identity`), `lora_config` (dict), `peft_type` and `head`
+    (the adapter tensors whose rows are the base's output units, see `_head_tensor_names`).
     """
     if not isinstance(lora_config, LoraConfig):
         raise TypeError(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}.")
@@ -199,8 +200,22 @@ def lora_layout(base_model: nn.Module, lora_config: LoraConfig) -> ParamLayout:
         "peft_type": "LORA",
         "base": base_model_identity(base_model),
         "lora_config": lora_config_dict(lora_config),
+        "head": _head_tensor_names(base_model, layout),
     }
     return ParamLayout(layout.specs, metadata)
+
+
+def _head_tensor_names(base_model: nn.Module, layout: ParamLayout) -> list[str]:
+    """Adapter tensors whose rows are the base model's output units: the `lora_B` of its last Linear, if adapted.
+
+    Row i of that `lora_B` only changes output i, so a generator can tie it to class i of the task
+    (`hf_paramgen.modeling_param_prior.class_slots`).
+    """
+    linears = [name for name, module in base_model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        return []
+    suffix = f"{linears[-1]}.lora_B.weight"
+    return [n for n in layout.names if n == suffix or n.endswith("." + suffix)]
 
 
 # ---------------------------------------------------------------------------------------- apply

@@ -1,8 +1,9 @@
 """`hf-paramgen demo`: the README's main job, end to end on an embedded default.
 
-zoo (48 ordered 4-class MNIST tasks x cnn-mnist x 3 seeds) -> weight corpus -> ParamTokenizer ->
-prior -> generation for held-out tasks -> a table (generated vs random init vs retrieval vs trained)
-and a PNG. Every stage writes into `--output_dir` and is skipped when its output is already there, so
+zoo (480 ordered 4-class MNIST tasks x cnn-mnist, one shared initialisation) -> weight corpus ->
+ParamTokenizer -> prior (the whole 1,138-code network in one context) -> generation for held-out
+tasks (mean decoding, best of k on validation) -> a table (generated vs random init vs retrieval vs
+ridge vs trained) and a PNG. Every stage writes into `--output_dir` and is skipped when its output is already there, so
 a second run reuses finished stages (and a killed run resumes).
 """
 
@@ -20,7 +21,7 @@ def _stage(name: str, done: bool) -> bool:
 
 
 def run_demo(output_dir: str | Path, tokenizer_steps: int = 1500, prior_steps: int = 1500,
-             stage_seconds: int = 150, num_tasks: int = 4, k: int = 4) -> dict:
+             stage_seconds: int = 150, num_tasks: int = 4, k: int = 4, prior_seconds: int = 300) -> dict:
     """Run (or resume) the whole chain; returns the evaluation summary written to `results.json`."""
     from .corpus import build_corpus
     from .zoo import build_zoo
@@ -51,8 +52,9 @@ def run_demo(output_dir: str | Path, tokenizer_steps: int = 1500, prior_steps: i
         from .prior_training import cli_train_prior
 
         argv = ["--corpus", str(corpus_dir), "--param_tokenizer", str(tok_dir), "--output_dir", str(gen_dir),
-                "--sample_datasets", "mnist", "--max_steps", str(prior_steps), "--max_time_s", str(stage_seconds),
-                "--context", "320", "--batch_size", "16", "--num_layers", "3", "--lr", "2e-3", "--warmup_steps", "30"]
+                "--sample_datasets", "mnist", "--max_steps", str(prior_steps), "--max_time_s", str(prior_seconds),
+                "--context", "1184", "--batch_size", "8", "--num_layers", "3", "--lr", "2e-3", "--warmup_steps", "50",
+                "--eval_every", "50", "--log_every", "25"]
         timed("prior", cli_train_prior, argv)
     results_path = out / "results.json"
     if _stage("evaluation", results_path.exists()):
@@ -79,13 +81,14 @@ def cli_demo(argv: list[str]) -> int:
     p.add_argument("--output_dir", default="outputs/demo")
     p.add_argument("--tokenizer_steps", type=int, default=1500)
     p.add_argument("--prior_steps", type=int, default=1500)
-    p.add_argument("--stage_seconds", type=int, default=150, help="time cap of each training stage")
+    p.add_argument("--stage_seconds", type=int, default=150, help="time cap of the ParamTokenizer's training")
+    p.add_argument("--prior_seconds", type=int, default=300, help="time cap of the prior's training")
     p.add_argument("--num_tasks", type=int, default=4, help="held-out tasks evaluated")
     p.add_argument("--k", type=int, default=4, help="samples per instruction (best of k on validation)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     results = run_demo(args.output_dir, args.tokenizer_steps, args.prior_steps, args.stage_seconds, args.num_tasks,
-                       args.k)
+                       args.k, args.prior_seconds)
     print(f"\nresults: {Path(args.output_dir) / 'results.json'}  (wall {time.perf_counter() - start:.0f} s)")
     from .evaluation import format_table
 

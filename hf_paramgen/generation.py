@@ -35,6 +35,16 @@ DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}
 DECODINGS = ("sample", "mean")
 
 
+def resolve_decoding(param_tokenizer_config, decoding: str | None) -> str:
+    """`decoding`, or for None: "mean" when the ParamTokenizer allows it (one code per chunk, one codebook), else "sample"."""
+    if decoding is None:
+        single = param_tokenizer_config.tokens_per_chunk == 1 and param_tokenizer_config.num_quantizers == 1
+        return "mean" if single else "sample"
+    if decoding not in DECODINGS:
+        raise GenerationError(f"decoding must be one of {DECODINGS}, got {decoding!r}.")
+    return decoding
+
+
 class GenerationError(ValueError):
     """The instruction, target or generator pieces cannot produce parameters."""
 
@@ -234,7 +244,7 @@ class ParamGenerator:
 
     # -------------------------------------------------------------- generation
     def generate(self, target, task_text: str, samples=None, num_samples: int = 1, seed: int | None = None,
-                 validation=None, decoding: str = "sample", **sampling) -> GenerationResult:
+                 validation=None, decoding: str | None = None, **sampling) -> GenerationResult:
         """Sample `num_samples` parameter sets for `target` (an `nn.Module` template or a `ParamLayout`).
 
         Args:
@@ -244,10 +254,10 @@ class ParamGenerator:
             decoding: "sample" decodes the sampled codes; "mean" decodes, chunk by chunk, the expected weights
                 under the distribution each code was sampled from (`ParamTokenizer.decode_expected`): the codes
                 still follow one sampled path, the weights are its posterior mean (less sampling noise).
+                None (default): "mean" where the ParamTokenizer allows it, else "sample".
             **sampling: `generate` options (default `do_sample=True, temperature=1.0, top_k=0`).
         """
-        if decoding not in DECODINGS:
-            raise GenerationError(f"decoding must be one of {DECODINGS}, got {decoding!r}.")
+        decoding = resolve_decoding(self.param_tokenizer.config, decoding)
         template = target if isinstance(target, nn.Module) else None
         if template is not None:
             layout = ParamLayout.from_module(template)
@@ -286,7 +296,7 @@ class ParamGenerator:
         return GenerationResult(state_dicts, codes, scores, best, model)
 
     def generate_for_task(self, task, architecture: str, num_samples: int = 4, seed: int | None = None,
-                          select_on: str | None = "validation", decoding: str = "sample", **sampling) -> GenerationResult:
+                          select_on: str | None = "validation", decoding: str | None = None, **sampling) -> GenerationResult:
         """Zoo convenience: conditions on the task's text + 5 train samples per class; best-of-k on `select_on`."""
         from .architectures import build_model
         from .data import few_shot_samples, load_task_split

@@ -55,10 +55,14 @@ NUM_STRUCTURE_FIELDS = len(STRUCTURE_FIELDS)
 def head_tensors(layout) -> list[int]:
     """Indices of the classifier head's tensors: the last `linear.weight` and the `linear.bias` right after it.
 
-    Row i of these tensors is output unit i, i.e. class i of the task; adapters and layouts without a
-    trailing Linear have no head.
+    Row i of these tensors is output unit i, i.e. class i of the task. A layout may name its head in
+    `metadata["head"]` instead (LoRA layouts: the `lora_B` of the base's output layer); adapters that do
+    not touch the output layer have no head.
     """
     specs = layout.specs
+    if "head" in layout.metadata:
+        names = set(layout.metadata["head"] or [])
+        return [i for i, s in enumerate(specs) if s.name in names]
     weights = [i for i, s in enumerate(specs) if s.kind == "linear.weight" and not s.is_buffer and len(s.shape) == 2]
     if not weights:
         return []

@@ -5,9 +5,12 @@
 
     gen = pipeline("parameter-generation", model="org/igpg")          # or a folder, or a loaded prior
     out = gen({"target": net, "task": "classify digits 0-4", "samples": (X, y), "validation": (Xv, yv)},
-              num_samples=4, seed=0, do_sample=True, top_k=20)
+              num_samples=4, seed=0, do_sample=True, top_k=20, decoding="mean")
     out["model"]        # `net`'s class with the best generated weights loaded (a PeftModel for a LoRA target)
     out["state_dict"], out["codes"], out["scores"], out["best_index"]
+
+`decoding="mean"` (the default where the ParamTokenizer has one code per chunk) loads the expected
+weights under each sampled code's distribution; `decoding="sample"` the sampled codes' weights.
 
 The pipeline's `model` is the prior (`ParamPriorForCausalLM`); the ParamTokenizer is loaded from the
 generator folder's `param_tokenizer/` subfolder or from the repo + revision pinned in the prior's
@@ -29,7 +32,7 @@ from transformers import AutoModelForCausalLM, Pipeline, PreTrainedConfig
 
 from .adapters import AdapterBaseMismatchError, apply_adapter, check_base_model, lora_layout
 from .conditioning import SampleEncoder
-from .generation import DEFAULT_SAMPLING, GenerationError, ParamGenerator
+from .generation import DEFAULT_SAMPLING, GenerationError, ParamGenerator, resolve_decoding
 from .layout import LayoutError, ParamLayout
 from .modeling_param_tokenizer import ParamTokenizer
 
@@ -212,12 +215,15 @@ class ParameterGenerationPipeline(Pipeline):
         self.generator = build_generator(self.model, param_tokenizer, text_encoder, sample_encoders)
         self.param_tokenizer = self.generator.param_tokenizer.to(self.device)
 
-    def _sanitize_parameters(self, num_samples=None, seed=None, output=None, show_progress=None, **sampling):
+    def _sanitize_parameters(self, num_samples=None, seed=None, output=None, show_progress=None, decoding=None,
+                             **sampling):
         unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
         if unknown:
             raise TypeError(f"Unknown parameter-generation options {unknown}; expected num_samples, seed, output, "
-                            f"show_progress or sampling options {list(SAMPLING_KEYS)}.")
+                            f"show_progress, decoding or sampling options {list(SAMPLING_KEYS)}.")
         forward = {k: v for k, v in sampling.items() if v is not None}
+        if decoding is not None:
+            forward["decoding"] = resolve_decoding(self.param_tokenizer.config, decoding)
         if num_samples is not None:
             if not isinstance(num_samples, int) or num_samples < 1:
                 raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
@@ -249,13 +255,20 @@ class ParameterGenerationPipeline(Pipeline):
         return {"condition": condition, "layout": layout, "template": template, "validation": validation}
 
     def _forward(self, model_inputs: dict, num_samples: int = 1, seed: int | None = None, show_progress: bool = False,
-                 **sampling) -> dict:
+                 decoding: str | None = None, **sampling) -> dict:
         layout = model_inputs["layout"]
         cfg = self.param_tokenizer.config
-        codes = self.model.generate_codes(layout=layout, chunk_size=cfg.chunk_size, aggregation=cfg.aggregation,
-                                          num_samples=num_samples, seed=seed, show_progress=show_progress,
-                                          **model_inputs["condition"], **{**DEFAULT_SAMPLING, **sampling})  # (n, N, l)
-        state_dicts = self.param_tokenizer.decode_batch(list(codes), layout)
+        mean = resolve_decoding(cfg, decoding) == "mean"
+        out = self.model.generate_codes(layout=layout, chunk_size=cfg.chunk_size, aggregation=cfg.aggregation,
+                                        num_samples=num_samples, seed=seed, show_progress=show_progress,
+                                        return_probs=mean, **model_inputs["condition"],
+                                        **{**DEFAULT_SAMPLING, **sampling})  # codes (n, N, l) [, probs (n, N, l, K)]
+        if mean:
+            codes, probs = out
+            state_dicts = [self.param_tokenizer.decode_expected(p, layout) for p in probs]
+        else:
+            codes = out
+            state_dicts = self.param_tokenizer.decode_batch(list(codes), layout)
         return {**model_inputs, "codes": codes.cpu(), "state_dicts": [{k: v.cpu() for k, v in sd.items()}
                                                                       for sd in state_dicts]}
 

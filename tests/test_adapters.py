@@ -56,7 +56,12 @@ def test_lora_layout_of_sequential_has_peft_saved_names_kinds_and_shapes():
     assert [s.shape for s in layout.specs] == [(2, 6), (8, 2), (2, 8), (3, 2)]
     assert layout.metadata["base"]["num_params"] == 6 * 8 + 8 + 8 * 3 + 3
     assert layout.metadata["lora_config"]["r"] == 2 and layout.metadata["lora_config"]["target_modules"] == ["0", "2"]
+    assert layout.metadata["head"] == ["base_model.model.2.lora_B.weight"]  # rows = the base's 3 outputs
     json.dumps(layout.metadata)  # JSON-safe
+    from hf_paramgen.modeling_param_prior import class_slots
+
+    assert class_slots(layout, 2).tolist()[-3:] == [1, 2, 3]  # (3, 2) lora_B: one chunk per output row
+    assert lora_layout(tiny_mlp(), LoraConfig(r=2, target_modules=["0"])).metadata["head"] == []
 
 
 def test_lora_layout_of_bert_matches_the_keys_peft_saves(tmp_path):

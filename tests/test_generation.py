@@ -68,14 +68,16 @@ def test_generate_is_seeded_and_accepts_a_bare_layout(generator, task):
 
 def test_mean_decoding_is_the_expectation_of_the_sampled_distribution(generator, task):
     layout = ParamLayout.from_module(build_model(ARCH, 4))
-    sampled = generator.generate(layout, task.instruction, num_samples=2, seed=5, top_k=1)
+    sampled = generator.generate(layout, task.instruction, num_samples=2, seed=5, top_k=1, decoding="sample")
     mean = generator.generate(layout, task.instruction, num_samples=2, seed=5, top_k=1, decoding="mean")
     assert torch.equal(sampled.codes, mean.codes)  # the same sampled path
     for a, b in zip(sampled.state_dicts, mean.state_dicts):  # top_k=1: one-hot distributions, so the same weights
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
     soft = generator.generate(layout, task.instruction, num_samples=1, seed=5, decoding="mean", temperature=5.0)
-    hard = generator.generate(layout, task.instruction, num_samples=1, seed=5, temperature=5.0)
+    hard = generator.generate(layout, task.instruction, num_samples=1, seed=5, temperature=5.0, decoding="sample")
+    default = generator.generate(layout, task.instruction, num_samples=1, seed=5, temperature=5.0)
+    assert torch.equal(layout.flatten(default.state_dicts[0]), layout.flatten(soft.state_dicts[0]))  # one code/chunk
     assert torch.equal(soft.codes, hard.codes)
     assert not torch.allclose(layout.flatten(soft.state_dicts[0]), layout.flatten(hard.state_dicts[0]))
     with pytest.raises(GenerationError, match=r"decoding must be one of \('sample', 'mean'\), got 'argmax'"):

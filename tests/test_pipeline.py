@@ -94,6 +94,18 @@ def test_same_seed_gives_same_weights_and_batch_gives_list(pipe):
     assert torch.equal(a["codes"], b["codes"])
 
 
+def test_decoding_option_mean_is_default_and_sample_decodes_the_codes(pipe):
+    item = {"target": tiny_net(), "task": "classify"}
+    mean = pipe(item, seed=3, num_samples=1, temperature=5.0)
+    sample = pipe(item, seed=3, num_samples=1, temperature=5.0, decoding="sample")
+    assert torch.equal(mean["codes"], sample["codes"])  # one sampled path, two ways to turn it into weights
+    decoded = pipe.param_tokenizer.decode(sample["codes"][0], ParamLayout.from_module(tiny_net()))
+    assert all(torch.equal(sample["state_dict"][k], decoded[k]) for k in decoded)
+    assert not all(torch.equal(mean["state_dict"][k], decoded[k]) for k in decoded)
+    with pytest.raises(GenerationError, match="decoding must be one of"):
+        pipe(item, decoding="greedy")
+
+
 def test_generated_model_saves_and_reloads_with_its_own_class(pipe, tmp_path):
     out = pipe({"target": tiny_net(), "task": "classify"}, seed=0)
     out["model"].save_pretrained(tmp_path / "net")
