@@ -98,9 +98,19 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float) -> Path:
     if not (tok / "config.json").is_file():
         cli_train_tokenizer(["--corpus", str(corpus), "--output_dir", str(tok), "--max_time_s", str(train_seconds)])
     if not (gen / "config.json").is_file():
+        from hf_paramgen.chunking import num_chunks
+        from hf_paramgen.configuration_param_prior import ParamPriorConfig
+        from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+
         datasets = ["mnist"] if zb.base == "mnist-mlp" else []
+        tok_config = ParamTokenizer.from_pretrained(tok).config
+        layout = lora_layout(zb.ctx.load_base(), zb.ctx.lora_config)
+        codes = num_chunks(layout, tok_config.chunk_size, tok_config.aggregation) * tok_config.tokens_per_chunk
+        context = codes + ParamPriorConfig().max_condition_tokens + 1  # the whole adapter in one block
         cli_train_prior(["--corpus", str(corpus), "--param_tokenizer", str(tok), "--output_dir", str(gen),
-                         "--sample_datasets", *datasets, "--max_time_s", str(train_seconds), "--context", "320"])
+                         "--sample_datasets", *datasets, "--max_time_s", str(train_seconds), "--context", str(context),
+                         "--batch_size", "8", "--num_layers", "3", "--lr", "2e-3", "--warmup_steps", "50",
+                         "--max_steps", "4000", "--log_every", "25"])
     return gen
 
 
@@ -124,7 +134,10 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
         best = int(np.argmax(val))
         vals.append(val[best])
         tests.append(zb.accuracy(models[best], task_id, "test"))
-    return {"generated": _mean(tests), "generated_val": _mean(vals), "seconds_per_adapter": _mean(seconds)}
+    from hf_paramgen.generation import resolve_decoding
+
+    return {"generated": _mean(tests), "generated_val": _mean(vals), "seconds_per_adapter": _mean(seconds),
+            "decoding": resolve_decoding(generator.param_tokenizer.config, None)}
 
 
 def bench_base(zoo_dir: Path, work: Path, train_seconds: float, k: int, skip_generator: str | None) -> dict:

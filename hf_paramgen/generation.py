@@ -324,12 +324,15 @@ def cli_generate(argv: list[str]) -> int:
     parser.add_argument("--num_samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--decoding", choices=DECODINGS, default=None,
+                        help="weights of the sampled codes, or their expectation (default: mean where possible)")
     parser.add_argument("--output_dir", default=None, help="save the best network here (save_pretrained)")
     args = parser.parse_args(argv)
     gen = ParamGenerator.from_pretrained(args.generator, revision=args.revision)
     task = Task.make(args.dataset, [int(c) for c in args.classes.split(",")], args.transform)
     start = time.perf_counter()
-    result = gen.generate_for_task(task, args.architecture, args.num_samples, args.seed, temperature=args.temperature)
+    result = gen.generate_for_task(task, args.architecture, args.num_samples, args.seed, temperature=args.temperature,
+                                   decoding=args.decoding)
     report = {"task": task.task_id, "architecture": args.architecture, "validation_scores": result.scores,
               "best_index": result.best_index, "seconds": time.perf_counter() - start,
               "best_test_accuracy": evaluate_accuracy(result.model, task, "test")}

@@ -78,6 +78,13 @@ PRESETS: dict[str, dict] = {
         "architectures": {"cnn-mnist": (2, 1.0)},
         "inits": ("shared-0",),
     },
+    # evaluation only: the same architecture and initialisation with 3-, 5- and 6-class heads, layouts a
+    # prior trained on "shared" (4 classes) never saw
+    "shared-heads": {
+        "families": {"mnist-kclass": ("mnist", (3, 5, 6), "none", 60)},
+        "architectures": {"cnn-mnist": (2, 1.0)},
+        "inits": ("shared-0",),
+    },
     # the README's main job: the "shared" recipe at a size whose whole chain runs in minutes
     "demo": {
         "families": {"mnist-4class": ("mnist", (4,), "none", 480)},
