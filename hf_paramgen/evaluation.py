@@ -267,6 +267,22 @@ def compute_floor_ratio(tokens_per_second: float, prior_params: int, hidden_size
             "matmul_flops_per_second": peak, "flops_per_token": flops_per_token}
 
 
+def batch_throughput(generator, task: Task, architecture: str, batch: int, seed: int = 0) -> dict:
+    """Codes per second of one `generate_codes` call sampling `batch` networks for `task` (prior only, no decoding)."""
+    template = build_model(architecture, num_classes=task.num_classes)
+    from .layout import ParamLayout
+
+    layout = ParamLayout.from_module(template)
+    cond = generator.encode(layout, task.instruction, few_shot_samples(task, per_class=5, split="train"))
+    tok = generator.param_tokenizer.config
+    start = time.perf_counter()
+    codes = generator.prior.generate_codes(**cond, layout=layout, chunk_size=tok.chunk_size, aggregation=tok.aggregation,
+                                           num_samples=batch, seed=seed, do_sample=True, top_k=0)
+    seconds = time.perf_counter() - start
+    return {"batch": batch, "tokens": int(codes.numel()), "seconds": seconds, "tokens_per_second": codes.numel() / seconds,
+            "task": task.task_id, "architecture": architecture}
+
+
 class GenerationTimer:
     """Wraps a generator call `fn(task, arch, n, seed) -> (state_dicts, num_tokens)` as a `generate_fn` that
     records wall time and generated tokens (codes) for `tokens_per_second`."""
@@ -646,6 +662,8 @@ def cli_evaluate(argv: list[str]) -> int:
                         help="decode the sampled codes, or the expected weights under each code's distribution")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--throughput_batch", type=int, default=64,
+                        help="also time one batched generate_codes call of this many networks (0: skip)")
     parser.add_argument("--baselines_only", action="store_true", help="no generator: all baselines incl. the ridge map")
     parser.add_argument("--small", action="store_true", help="1 task per split, k=2, short curves (tests)")
     parser.add_argument("--hashing_conditions", action="store_true", help="HashingTextEncoder instead of MiniLM (tests)")
@@ -653,6 +671,7 @@ def cli_evaluate(argv: list[str]) -> int:
     torch.set_num_threads(1)
     if args.small:
         args.num_tasks, args.k, args.finetune_steps, args.max_steps = 1, 2, 5, 20
+        args.throughput_batch = min(args.throughput_batch, 2)
     if not args.baselines_only and not args.generator:
         parser.error("give --generator DIR, or --baselines_only")
     condition_fn = None
@@ -689,10 +708,26 @@ def cli_evaluate(argv: list[str]) -> int:
             floor = compute_floor_ratio(gen_fn.tokens_per_second, params, hidden, context, layers)
             result["compute_floor_ratio"] = floor["compute_floor_ratio"]
             result["generation"].update(floor, attention_context_assumed=context)
+        if args.throughput_batch and params and hidden:
+            # the same prior sampling many networks at once: how close generation can come to the matmul floor
+            tasks = [t for t in load_manifest(args.zoo_dir)["tasks"] if t["split"] == "heldout_task"
+                     and (not args.num_classes or t["num_classes"] == args.num_classes)]
+            if tasks:
+                tp = batch_throughput(generator, task_from_dict(tasks[0]), args.architectures[0], args.throughput_batch)
+                tp.update(compute_floor_ratio(tp["tokens_per_second"], params, hidden, context, layers))
+                result["batched_generation"] = tp
+                result["tokens_per_second_k"] = result["tokens_per_second"]
+                result["compute_floor_ratio_k"] = result["compute_floor_ratio"]
+                result["tokens_per_second"], result["compute_floor_ratio"] = tp["tokens_per_second"], tp["compute_floor_ratio"]
+                result["generation"]["keys"] = (
+                    "tokens_per_second / compute_floor_ratio: one batched generate_codes call of `batched_generation.batch` "
+                    "networks; *_k: the evaluation's own generate_for_task calls (k samples each, incl. decoding)")
     result["command"] = "hf-paramgen evaluate " + " ".join(argv)
     print(format_table(result))
     print(format_architecture_table(result))
-    print(f"tokens_per_second: {result['tokens_per_second']}  compute_floor_ratio: {result['compute_floor_ratio']}")
+    print(f"tokens_per_second: {result['tokens_per_second']}  compute_floor_ratio: {result['compute_floor_ratio']}"
+          + (f"  (batch {result['batched_generation']['batch']}; k-sample calls: {result['tokens_per_second_k']:.0f} "
+             f"tokens/s, ratio {result['compute_floor_ratio_k']:.3f})" if "batched_generation" in result else ""))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -179,3 +179,7 @@ def test_a_real_untrained_param_generator_runs_through_the_evaluation_and_is_tim
     assert gen_fn.tokens == 2 * gen_fn.tokens_per_sample > 0 and gen_fn.tokens_per_second > 0  # k=2, one call
     floor = compute_floor_ratio(gen_fn.tokens_per_second, sum(p.numel() for p in prior.parameters()), 32, 10, 1)
     assert floor["matmul_flops_per_second"] > 0 and 0 < floor["compute_floor_ratio"]
+    from hf_paramgen.evaluation import batch_throughput
+
+    tp = batch_throughput(generator, Task.make("digits", [0, 1, 2]), "mlp-64-32", batch=3)
+    assert tp["batch"] == 3 and tp["tokens"] == 3 * gen_fn.tokens_per_sample and tp["tokens_per_second"] > 0
