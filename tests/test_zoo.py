@@ -65,6 +65,17 @@ def test_task_and_architecture_splits_are_fixed_and_held_out_architecture_wins()
         assert job["split"] == expected
 
 
+def test_shared_presets_start_every_checkpoint_from_one_initialisation():
+    for preset in ("shared", "shared-heads", "demo"):
+        jobs = plan_checkpoints(make_tasks(preset), preset)
+        assert {j["init"] for j in jobs} == {"shared-0"} and {j["init_seed"] for j in jobs} == {1000}
+        assert {j["architecture"] for j in jobs} == {"cnn-mnist"}
+    shared = make_tasks("shared")
+    assert len(shared) == 1500 and {t["num_classes"] for t in shared} == {4}
+    assert {t["num_classes"] for t in make_tasks("shared-heads")} == {3, 5, 6}
+    assert {j["init"] for j in plan_checkpoints(make_tasks("full"), "full")} == {"shared-0", "shared-1", "independent"}
+
+
 def test_shared_initialisation_matches_hidden_layers_across_class_counts():
     jobs = [j for j in plan_checkpoints(make_tasks("full"), "full") if j["architecture"] == "mlp-784-32"]
     a = next(j for j in jobs if j["init"] == "shared-0" and j["task"]["num_classes"] == 4)
