@@ -12,7 +12,9 @@ For each base ("mnist-mlp", "minilm") and each held-out task of its zoo (`output
 A ParamTokenizer and a prior are trained (time-capped, resumable) under `outputs/lora_bench/<base>/` when missing.
 If the generator cannot be built, the baselines are still reported with ``generated: null`` and the reason.
 
-    python examples/benchmark_lora.py --json outputs/lora_bench/results.json --base mnist-mlp --train_seconds 180
+    hf-paramgen build-adapter-zoo --base mnist-mlp --preset shared --output_dir outputs/adapter_zoo_shared/mnist-mlp
+    python examples/benchmark_lora.py --json outputs/lora_bench_shared/results.json --base mnist-mlp \
+        --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 240 --k 4
     python examples/benchmark_lora.py --json /tmp/small.json --small   # tiny zoo, baselines only (tests)
 """
 from __future__ import annotations
