@@ -149,6 +149,39 @@ def test_train_runs_a_generic_model_with_gradient_accumulation(tmp_path):
     assert json.loads((tmp_path / "ranks" / "rank-0.json").read_text())["batches_seen"] == 40
 
 
+def test_keep_best_saves_the_model_with_the_lowest_validation_loss_not_the_last(tmp_path):
+    from transformers.utils import ModelOutput
+
+    from hf_paramgen.training import best_model_dir
+
+    class Slope(nn.Module):  # y = w x; trained towards w = 2, validated on w = 1: validation loss falls, then rises
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, y):
+            return ModelOutput(loss=nn.functional.mse_loss(self.w * x, y))
+
+        def save_pretrained(self, path):
+            os.makedirs(path, exist_ok=True)
+            torch.save(self.state_dict(), Path(path) / "weights.pt")
+
+    x = torch.linspace(-1, 1, 32)
+    train_rows = [{"x": v, "y": 2 * v} for v in x]
+    val_rows = [{"x": v, "y": v} for v in x]
+    collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+    cfg = TrainingConfig(output_dir=str(tmp_path), batch_size=32, lr=0.1, max_steps=40, log_every=2, save_every=100,
+                         max_grad_norm=None, keep_best=True)
+    train(Slope(), train_rows, collate, cfg, eval_dataset=val_rows)
+    evals = [(r["step"], r["eval_loss"]) for r in read_log(tmp_path)]
+    best = json.loads((best_model_dir(tmp_path) / "best.json").read_text())
+    assert best["eval_loss"] == pytest.approx(min(loss for _, loss in evals)) and best["step"] < evals[-1][0]
+    w_best = torch.load(tmp_path / "best" / "weights.pt")["w"]
+    w_last = torch.load(tmp_path / "weights.pt")["w"]
+    assert abs(float(w_best) - 1) < abs(float(w_last) - 1)
+    assert best_model_dir(tmp_path / "nothing-here") is None
+
+
 @pytest.mark.slow
 def test_two_real_cpu_processes_take_part(tmp_path):
     corpus, out = make_corpus(tmp_path / "corpus"), tmp_path / "run"
