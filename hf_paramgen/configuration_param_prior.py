@@ -119,6 +119,13 @@ class ParamPriorConfig(PreTrainedConfig):
         self.tie_word_embeddings = False
         self._validate()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As `PreTrainedConfig.from_dict`; a saved config without `condition_injection` predates it: prefix only."""
+        if "condition_injection" not in config_dict and "condition_injection" not in kwargs:
+            config_dict = {**config_dict, "condition_injection": False}
+        return super().from_dict(config_dict, **kwargs)
+
     # ------------------------------------------------------------------ derived
     @property
     def code_offset(self) -> int:

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,17 @@ def test_save_load_is_exact_and_auto_class_loads(tmp_path):
     ids = torch.tensor([[0, 5, 7, 3]])
     # weights are bit-identical (above); loaded tensors sit at other memory alignments, so BLAS may round differently
     torch.testing.assert_close(auto(ids, **conditions()).logits, model(ids, **conditions()).logits, rtol=0, atol=1e-6)
+
+
+def test_a_prior_saved_before_condition_injection_loads_as_prefix_only(tmp_path):
+    model = tiny_model(condition_injection=False)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["condition_injection"]  # what a prior saved by an older version holds
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, info = ParamPriorForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert loaded.config.condition_injection is False and not info["missing_keys"]
+    assert ParamPriorConfig().condition_injection is True  # new priors inject by default
 
 
 def test_fresh_process_loads_with_trust_remote_code(tmp_path):
