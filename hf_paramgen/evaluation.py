@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .architectures import ARCHITECTURE_DATASET, build_model
 from .data import Task, few_shot_samples, task_from_dict
+from .layout import ParamLayout
 from .zoo import evaluate_accuracy, finetune, load_manifest
 
 __all__ = ["SPLITS", "METHODS", "ZooIndex", "default_condition_fn", "select_best", "align_hidden_units",
@@ -269,10 +270,7 @@ def compute_floor_ratio(tokens_per_second: float, prior_params: int, hidden_size
 
 def batch_throughput(generator, task: Task, architecture: str, batch: int, seed: int = 0) -> dict:
     """Codes per second of one `generate_codes` call sampling `batch` networks for `task` (prior only, no decoding)."""
-    template = build_model(architecture, num_classes=task.num_classes)
-    from .layout import ParamLayout
-
-    layout = ParamLayout.from_module(template)
+    layout = ParamLayout.from_module(build_model(architecture, num_classes=task.num_classes))
     cond = generator.encode(layout, task.instruction, few_shot_samples(task, per_class=5, split="train"))
     tok = generator.param_tokenizer.config
     start = time.perf_counter()
@@ -352,8 +350,6 @@ class _Context:
         key = ("ridge", arch, task.dataset, task.num_classes)
         if key in self._cache:
             return self._cache[key]
-        from .layout import ParamLayout
-
         entries = self.train_entries(arch, task, init="shared-0")
         layout = ParamLayout.from_module(build_model(arch, task.num_classes))
         val_tasks = sorted({e["task_id"] for e in self.zoo.checkpoints(arch, "validation", num_classes=task.num_classes)
@@ -645,6 +641,8 @@ def _prior_size(generator) -> tuple[int, int, int, int]:
 
 def cli_evaluate(argv: list[str]) -> int:
     """`hf-paramgen evaluate --generator outputs/generator --zoo_dir outputs/zoo --json out.json [--baselines_only]`."""
+    from .generation import DECODINGS
+
     parser = argparse.ArgumentParser(prog="hf-paramgen evaluate", description="Generated nets vs baselines per split.")
     parser.add_argument("--generator", default=None, help="a ParamGenerator folder (from_pretrained)")
     parser.add_argument("--zoo_dir", default="outputs/zoo")
@@ -658,7 +656,7 @@ def cli_evaluate(argv: list[str]) -> int:
     parser.add_argument("--finetune_steps", type=int, default=20)
     parser.add_argument("--max_steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--decoding", choices=("sample", "mean"), default="mean",
+    parser.add_argument("--decoding", choices=DECODINGS, default="mean",
                         help="decode the sampled codes, or the expected weights under each code's distribution")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=0)

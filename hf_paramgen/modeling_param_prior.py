@@ -73,9 +73,13 @@ def head_tensors(layout) -> list[int]:
     return head
 
 
-def class_slots(layout, chunk_size: int, aggregation: str = "layer") -> torch.Tensor:
-    """LongTensor (N,): 1 + the output unit (class) a chunk's first weight belongs to in the head, 0 elsewhere."""
-    position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
+def class_slots(layout, chunk_size: int, aggregation: str = "layer", position: torch.Tensor | None = None) -> torch.Tensor:
+    """LongTensor (N,): 1 + the output unit (class) a chunk's first weight belongs to in the head, 0 elsewhere.
+
+    `position`: the layout's `chunk_positions` (N, 3) when the caller already has them.
+    """
+    if position is None:
+        position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
     out = torch.zeros(position.shape[0], dtype=torch.long)
     for t in head_tensors(layout):
         spec = layout.specs[t]
@@ -99,7 +103,7 @@ def structure_for_layout(layout, chunk_size: int, codes_per_chunk: int, aggregat
         raise ValueError(f"codes_per_chunk must be a positive int, got {codes_per_chunk!r}.")
     position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
     slots = torch.arange(codes_per_chunk).repeat(position.shape[0])  # (N*l,)
-    classes = class_slots(layout, chunk_size, aggregation)  # (N,)
+    classes = class_slots(layout, chunk_size, aggregation, position)  # (N,)
     per_code = lambda x: x.repeat_interleave(codes_per_chunk, dim=0)  # noqa: E731  chunk rows -> code rows
     return torch.cat([per_code(position), slots[:, None], per_code(classes)[:, None]], dim=1)
 

@@ -176,8 +176,8 @@ def test_keep_best_saves_the_model_with_the_lowest_validation_loss_not_the_last(
     evals = [(r["step"], r["eval_loss"]) for r in read_log(tmp_path)]
     best = json.loads((best_model_dir(tmp_path) / "best.json").read_text())
     assert best["eval_loss"] == pytest.approx(min(loss for _, loss in evals)) and best["step"] < evals[-1][0]
-    w_best = torch.load(tmp_path / "best" / "weights.pt")["w"]
-    w_last = torch.load(tmp_path / "weights.pt")["w"]
+    w_best = torch.load(tmp_path / "best" / "weights.pt", weights_only=True)["w"]
+    w_last = torch.load(tmp_path / "weights.pt", weights_only=True)["w"]
     assert abs(float(w_best) - 1) < abs(float(w_last) - 1)
     assert best_model_dir(tmp_path / "nothing-here") is None
 
