@@ -46,7 +46,7 @@ def _mean(values: list[float]) -> float | None:
 class ZooBench:
     """One zoo: its manifest, base-model context and per-task accuracy on a split."""
 
-    def __init__(self, zoo_dir: Path):
+    def __init__(self, zoo_dir: Path, num_eval_tasks: int | None = None):
         self.zoo_dir = zoo_dir
         self.manifest = json.loads((zoo_dir / "manifest.json").read_text())
         self.base = self.manifest["base"]
@@ -54,7 +54,7 @@ class ZooBench:
         self.tasks = {t["task_id"]: t for t in self.manifest["tasks"]}
         heldout = list(self.manifest.get("heldout_tasks") or [])
         # tiny zoos have no held-out split: fall back to all tasks (retrieval still excludes the task itself)
-        self.eval_ids = heldout or list(self.tasks)
+        self.eval_ids = (heldout or list(self.tasks))[:num_eval_tasks]
         self.train_ids = [t for t, v in self.tasks.items() if v["split"] == "train"]
 
     def adapters_of(self, task_id: str) -> list[dict]:
@@ -104,7 +104,7 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float) -> Path:
         from hf_paramgen.configuration_param_prior import ParamPriorConfig
         from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
 
-        datasets = ["mnist"] if zb.base == "mnist-mlp" else []
+        datasets = ["mnist"] if zb.base == "mnist-mlp" else ["text"]  # few-shot digits / labelled texts
         tok_config = ParamTokenizer.from_pretrained(tok).config
         layout = lora_layout(zb.ctx.load_base(), zb.ctx.lora_config)
         codes = num_chunks(layout, tok_config.chunk_size, tok_config.aggregation) * tok_config.tokens_per_chunk
@@ -118,6 +118,7 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float) -> Path:
 
 def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
     """Best-of-k generated adapter per task (picked on validation), its test accuracy and seconds per adapter."""
+    from hf_paramgen.adapter_zoo import text_few_shot_samples
     from hf_paramgen.data import Task, few_shot_samples
     from hf_paramgen.generation import ParamGenerator
 
@@ -127,7 +128,10 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
     tests, vals, seconds = [], [], []
     for i, task_id in enumerate(tqdm(zb.eval_ids, desc=f"generate ({zb.base})", unit="task")):
         task = zb.tasks[task_id]
-        samples = few_shot_samples(Task.from_dict(task), per_class=5, split="train") if zb.base == "mnist-mlp" else None
+        if zb.base == "mnist-mlp":
+            samples = few_shot_samples(Task.from_dict(task), per_class=5, split="train")
+        else:  # 5 labelled training texts per topic, embedded by the generator's text encoder (timed below)
+            samples = text_few_shot_samples(task, per_class=5)
         start = time.perf_counter()
         result = generator.generate(layout, task["instruction"], samples=samples, num_samples=k, seed=i)
         seconds.append((time.perf_counter() - start) / k)
@@ -142,9 +146,10 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
             "decoding": resolve_decoding(generator.param_tokenizer.config, None)}
 
 
-def bench_base(zoo_dir: Path, work: Path, train_seconds: float, k: int, skip_generator: str | None) -> dict:
+def bench_base(zoo_dir: Path, work: Path, train_seconds: float, k: int, skip_generator: str | None,
+               num_eval_tasks: int | None = None) -> dict:
     """Every metric of `KEYS` for one zoo (`generated: None` plus `generated_reason` when it could not run)."""
-    zb = ZooBench(zoo_dir)
+    zb = ZooBench(zoo_dir, num_eval_tasks)
     row = {"zoo_dir": str(zoo_dir), "num_eval_tasks": len(zb.eval_ids),
            "eval_split": "heldout_task" if zb.manifest.get("heldout_tasks") else "all (no held-out tasks)",
            "seconds_to_train_adapter": zb.manifest.get("seconds_to_train_adapter"), "k": k}
@@ -196,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zoo_root", default="outputs/adapter_zoo")
     p.add_argument("--work_root", default="outputs/lora_bench")
     p.add_argument("--small", action="store_true", help="tiny mnist-mlp zoo under work_root, baselines only")
-    p.add_argument("--generator_bases", nargs="*", default=["mnist-mlp"],
+    p.add_argument("--num_eval_tasks", type=int, default=None, help="evaluate the first N held-out tasks (default: all)")
+    p.add_argument("--generator_bases", nargs="*", default=list(BASES),
                    help="bases to train/run a generator for (others: baselines only, generated=null with the reason)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if skip and not args.small and zoo_dir.is_dir():
             skip += "; " + _size_note(zoo_dir)
-        results[base] = bench_base(zoo_dir, work, args.train_seconds, args.k, skip)
+        results[base] = bench_base(zoo_dir, work, args.train_seconds, args.k, skip, args.num_eval_tasks)
         _write_results(Path(args.json), results)
     print_table(results)
     return 0

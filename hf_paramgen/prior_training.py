@@ -18,7 +18,8 @@ import torch
 from datasets import Dataset
 
 from .collate import PriorCollator
-from .conditioning import Instruction, InstructionEncoders, SampleEncoder, encode_instruction
+from .adapter_zoo import TEXT_DATASET, text_few_shot_samples
+from .conditioning import TEXT_SAMPLES, Instruction, InstructionEncoders, SampleEncoder, encode_instruction
 from .configuration_param_prior import ParamPriorConfig
 from .corpus import corpus_model_weights
 from .data import Task, few_shot_samples
@@ -54,7 +55,11 @@ def condition_for_row(row: dict, encoders: InstructionEncoders, sample_encoders:
     """(condition_embeds (n, d), condition_types (n,)) of a corpus `models` row: text, architecture, prototypes."""
     task_info = json.loads(row["task"]) if row.get("task") else {}
     samples, num_classes, enc = None, None, encoders
-    if task_info.get("dataset") in sample_encoders and task_info.get("classes"):
+    if task_info.get("dataset") == TEXT_DATASET and TEXT_SAMPLES in sample_encoders:  # labelled texts
+        texts, y = text_few_shot_samples(task_info, per_class=FEW_SHOT_PER_CLASS)
+        samples, num_classes = (encoders.text(texts)[:, 0], y), len(task_info["classes"])
+        enc = InstructionEncoders(text=encoders.text, samples=sample_encoders[TEXT_SAMPLES])
+    elif task_info.get("dataset") in sample_encoders and task_info.get("classes"):
         task = Task.from_dict(task_info)
         samples = few_shot_samples(task, per_class=FEW_SHOT_PER_CLASS, split="train")
         num_classes = task.num_classes
@@ -178,7 +183,7 @@ def cli_train_prior(argv: list[str]) -> int:
     p.add_argument("--output_dir", required=True, help="generator folder to write")
     p.add_argument("--architectures", nargs="*", default=None, help="train on these architectures only")
     p.add_argument("--text_encoder", default="all-MiniLM-L6-v2", help="MiniLM name or 'hashing:<dim>'")
-    p.add_argument("--sample_datasets", nargs="*", default=["mnist", "digits"], help="datasets of the sample encoders")
+    p.add_argument("--sample_datasets", nargs="*", default=["mnist", "digits"], help="datasets of the sample encoders ('text': labelled texts of text-task adapters)")
     p.add_argument("--hidden_size", type=int, default=128)
     p.add_argument("--num_layers", type=int, default=4)
     p.add_argument("--num_heads", type=int, default=4)

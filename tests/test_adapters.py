@@ -207,3 +207,65 @@ def test_tiny_minilm_adapter_zoo_beats_base_only_on_its_tasks(tmp_path):
     manifest = build_adapter_zoo("minilm", tmp_path, preset="tiny")
     for adapter in manifest["adapters"]:
         assert adapter["test_accuracy"] > adapter["base_only_test_accuracy"] + 0.2, adapter
+
+
+def test_a_head_adapter_whose_rank_equals_the_outputs_has_class_rows_in_lora_A_too():
+    from hf_paramgen.modeling_param_prior import class_slots
+
+    layout = lora_layout(tiny_mlp(), LoraConfig(r=3, lora_alpha=3, target_modules=["2"]))
+    assert layout.metadata["head"] == ["base_model.model.2.lora_A.weight", "base_model.model.2.lora_B.weight"]
+    # lora_A (3, 8): two 4-value chunks per rank row; lora_B (3, 3): one chunk per output row
+    assert class_slots(layout, 4).tolist() == [1, 1, 2, 2, 3, 3, 1, 2, 3]
+
+
+def test_class_aligned_init_starts_at_the_base_and_trains_rank_r_on_class_r():
+    from peft import get_peft_model
+
+    from hf_paramgen.adapter_zoo import class_aligned_init
+
+    base = tiny_mlp()
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=3, lora_alpha=3, target_modules=["2"]))
+    class_aligned_init(model, "2")
+    layer = model.base_model.model[2]
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert torch.equal(A, torch.zeros(3, 8)) and torch.equal(B, torch.eye(3))
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
+    assert torch.equal(model(x), base(x))  # B A = 0: the adapter starts as the base
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    W = base[2].weight.detach().clone().requires_grad_()  # gradient of the output layer's rows
+    torch.nn.functional.cross_entropy(torch.nn.functional.linear(base[1](base[0](x)), W, base[2].bias), y).backward()
+    assert torch.allclose(A.grad, W.grad, atol=1e-6)  # row r of A moves like row r (class r) of the weight
+    assert torch.equal(B.grad, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="rank == output count, got lora_B of shape \\(3, 2\\)"):
+        class_aligned_init(get_peft_model(tiny_mlp(), LoraConfig(r=2, target_modules=["2"])), "2")
+    with pytest.raises(ValueError, match="one LoRA layer named 'head', found 0"):
+        class_aligned_init(model, "head")
+
+
+def test_minilm_head_adapters_learn_their_topics_and_load_in_peft(tmp_path):
+    """The `shared` MiniLM preset (LoRA on the 4-way head, class-aligned init) on 3 real topic tasks."""
+    from hf_paramgen.adapter_zoo import build_adapter_zoo, load_zoo_base, text_few_shot_samples
+    from hf_paramgen.conditioning import HashingTextEncoder, InstructionEncoders, SampleEncoder
+    from hf_paramgen.prior_training import condition_for_row
+
+    manifest = build_adapter_zoo("minilm", tmp_path, preset="shared", num_tasks=3)
+    assert manifest["lora_config"]["target_modules"] == ["head"] and manifest["num_adapters"] == 3
+    for adapter in manifest["adapters"]:
+        assert adapter["test_accuracy"] > adapter["base_only_test_accuracy"] + 0.3, adapter
+    entry, task = manifest["adapters"][0], manifest["tasks"][0]
+    base = load_zoo_base(tmp_path)
+    state_dict, layout, info = adapter_checkpoint(tmp_path / entry["path"], base)
+    assert layout.num_params == 4 * 384 + 4 * 4 and layout.metadata["head"] == layout.names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # PEFT warns on missing or unexpected keys
+        model = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / entry["path"])
+    assert torch.equal(model.base_model.model.head.lora_A["default"].weight, state_dict[layout.names[0]])
+
+    texts, y = text_few_shot_samples(task, per_class=2)
+    assert len(texts) == 8 and y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="Unknown topics \\['cooking'\\]"):
+        text_few_shot_samples({**task, "classes": ["cooking"]})
+    text = HashingTextEncoder(dim=16)
+    row = {"task": json.dumps(task), "instruction": task["instruction"], "architecture_text": "a LoRA head adapter"}
+    embeds, types = condition_for_row(row, InstructionEncoders(text=text), {"text": SampleEncoder.for_dataset("text", 16)})
+    assert types.tolist() == [0, 1, 2, 3, 4, 5]  # text, architecture, one prototype per topic

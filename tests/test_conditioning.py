@@ -158,3 +158,17 @@ def test_sample_encoder_applies_a_frozen_feature_extractor(tmp_path):
     torch.testing.assert_close(loaded(images, y), protos, rtol=0, atol=0)
     with pytest.raises(ValueError, match="expects 10 features per sample, got 64"):
         SampleEncoder.from_pretrained(tmp_path)(images, y)
+
+
+def test_text_sample_encoder_is_the_identity_on_text_vectors(tmp_path):
+    enc = SampleEncoder.for_dataset("text", dim=6)
+    X = torch.randn(6, 6)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    expected = torch.nn.functional.normalize(torch.stack([X[0:2].mean(0), X[2:4].mean(0), X[4:6].mean(0)]), dim=-1)
+    assert torch.allclose(enc(X, y)[0], expected, atol=1e-6)
+    enc.save_pretrained(tmp_path / "text")
+    assert torch.equal(SampleEncoder.from_pretrained(tmp_path / "text")(X, y), enc(X, y))
+    with pytest.raises(ValueError, match="needs num_features == dim, got 5 and 6"):
+        SampleEncoder(num_features=5, dim=6, method="identity")
+    with pytest.raises(ValueError, match="expected 'mnist', 'digits' or 'text'"):
+        SampleEncoder.for_dataset("imagenet")

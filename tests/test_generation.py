@@ -165,3 +165,20 @@ def test_cli_generate_saves_the_best_network(generator, tmp_path, capsys):
     assert rc == 0 and len(report["validation_scores"]) == 2 and 0.0 <= report["best_test_accuracy"] <= 1.0
     net = load_checkpoint_model(tmp_path / "net")
     assert net(torch.zeros(1, 64)).shape == (1, 4)
+
+
+def test_labelled_texts_are_embedded_by_the_text_encoder():
+    gen = tiny_generator()
+    layout = ParamLayout.from_module(build_model(ARCH, 2))
+    texts, y = ["open a file", "list a folder", "add two numbers", "take a square root"], [0, 0, 1, 1]
+    with pytest.raises(GenerationError, match="samples are texts, but this generator has no 'text' sample encoder"):
+        gen.encode(layout, "sort texts by topic", samples=(texts, y))
+    gen.sample_encoders["text"] = SampleEncoder.for_dataset("text", dim=DIM)
+    cond = gen.encode(layout, "sort texts by topic", samples=(texts, y))
+    embeds, types = cond["condition_embeds"][0], cond["condition_types"][0]
+    vectors = gen.text_encoder(texts)[:, 0]  # (4, DIM)
+    protos = torch.nn.functional.normalize(torch.stack([vectors[:2].mean(0), vectors[2:].mean(0)]), dim=-1)
+    assert types.tolist()[-2:] == [2, 3]  # class 0 and class 1 prototypes, after text and architecture
+    assert torch.allclose(embeds[-2:], protos, atol=1e-6)
+    with pytest.raises(GenerationError, match="labels exactly 0..1, got labels \\[0\\]"):
+        gen.encode(layout, "sort texts by topic", samples=(texts[:2], y[:2]))
