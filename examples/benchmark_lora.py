@@ -15,6 +15,9 @@ If the generator cannot be built, the baselines are still reported with ``genera
     hf-paramgen build-adapter-zoo --base mnist-mlp --preset shared --output_dir outputs/adapter_zoo_shared/mnist-mlp
     python examples/benchmark_lora.py --json outputs/lora_bench_shared/results.json --base mnist-mlp \
         --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 240 --k 4
+    hf-paramgen build-adapter-zoo --base minilm --preset shared --num_workers 2 --output_dir outputs/adapter_zoo_shared/minilm
+    python examples/benchmark_lora.py --json outputs/lora_bench_shared/results.json --base minilm \
+        --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 300 --k 4 --num_eval_tasks 60
     python examples/benchmark_lora.py --json /tmp/small.json --small   # tiny zoo, baselines only (tests)
 """
 from __future__ import annotations

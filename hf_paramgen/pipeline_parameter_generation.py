@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, Pipeline, PreTrainedConfig
 
 from .adapters import AdapterBaseMismatchError, apply_adapter, check_base_model, lora_layout
 from .conditioning import SampleEncoder
-from .generation import DEFAULT_SAMPLING, GenerationError, ParamGenerator, resolve_decoding
+from .generation import DEFAULT_SAMPLING, GenerationError, ParamGenerator, _is_texts, resolve_decoding
 from .layout import LayoutError, ParamLayout
 from .modeling_param_tokenizer import ParamTokenizer
 
@@ -251,6 +251,9 @@ class ParameterGenerationPipeline(Pipeline):
         if validation is not None and template is None:
             raise GenerationError("validation scoring needs a target that builds a model, got a bare ParamLayout.")
         validation = _check_samples(validation, layout, "validation") if validation is not None else None
+        if validation is not None and _is_texts(validation[0]):
+            raise GenerationError("validation scoring calls the built model on validation[0], so it needs tensors, "
+                                  "got texts; tokenize them yourself, or score out['state_dicts'] with your own loop.")
         condition = self.generator.encode(layout, inputs.get("task"), inputs.get("samples"))
         return {"condition": condition, "layout": layout, "template": template, "validation": validation}
 

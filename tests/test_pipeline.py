@@ -87,6 +87,25 @@ def test_samples_add_one_condition_token_per_class(pipe):
         pipe({"target": tiny_net(), "task": "classify", "samples": (torch.randn(9, 5), y)})
 
 
+def test_labelled_texts_condition_a_lora_head_adapter(tmp_path):
+    from peft import LoraConfig, PeftModel
+
+    folder = make_generator(tmp_path / "gen")
+    SampleEncoder.for_dataset("text", dim=8).save_pretrained(folder / "sample_encoders" / "text")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sample_encoders": ["blobs", "text"]}))
+    pipe = pipeline("parameter-generation", model=str(folder))
+    base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    texts, y = ["open a socket", "parse a url", "sum a list", "take a mean", "zip a file", "hash bytes"], [0, 0, 1, 1, 2, 2]
+    target = (base, LoraConfig(r=3, target_modules=["2"]))
+    out = pipe({"target": target, "task": "sort docstrings by topic", "samples": (texts, y)}, output="peft", seed=0)
+    assert isinstance(out["model"], PeftModel)
+    assert pipe.generator.encode(ParamLayout.from_module(tiny_net()), "t", (texts, y))["condition_types"].tolist() \
+        == [[0, 1, 2, 3, 4]]
+    with pytest.raises(GenerationError, match="needs tensors, got texts"):
+        pipe({"target": target, "task": "sort docstrings by topic", "validation": (texts, y)})
+
+
 def test_same_seed_gives_same_weights_and_batch_gives_list(pipe):
     item = {"target": tiny_net(), "task": "classify"}
     a, b = pipe([item, item], seed=3, do_sample=True, num_samples=2)
