@@ -17,7 +17,8 @@ If the generator cannot be built, the baselines are still reported with ``genera
         --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 240 --k 4
     hf-paramgen build-adapter-zoo --base minilm --preset shared --num_workers 2 --output_dir outputs/adapter_zoo_shared/minilm
     python examples/benchmark_lora.py --json outputs/lora_bench_shared/results.json --base minilm \
-        --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 300 --k 4 --num_eval_tasks 60
+        --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 300 \
+        --prior_seconds 1800 --k 4 --num_eval_tasks 60
     python examples/benchmark_lora.py --json /tmp/small.json --small   # tiny zoo, baselines only (tests)
 """
 from __future__ import annotations
@@ -91,7 +92,7 @@ def baselines(zb: ZooBench) -> dict:
             "retrieved": retrieved}
 
 
-def build_generator(zb: ZooBench, work: Path, train_seconds: float) -> Path:
+def build_generator(zb: ZooBench, work: Path, train_seconds: float, prior_seconds: float | None = None) -> Path:
     """Corpus -> ParamTokenizer -> prior under `work`, each step skipped when its output exists."""
     from hf_paramgen.corpus import build_corpus
     from hf_paramgen.prior_training import cli_train_prior
@@ -113,7 +114,8 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float) -> Path:
         codes = num_chunks(layout, tok_config.chunk_size, tok_config.aggregation) * tok_config.tokens_per_chunk
         context = codes + ParamPriorConfig().max_condition_tokens + 1  # the whole adapter in one block
         cli_train_prior(["--corpus", str(corpus), "--param_tokenizer", str(tok), "--output_dir", str(gen),
-                         "--sample_datasets", *datasets, "--max_time_s", str(train_seconds), "--context", str(context),
+                         "--sample_datasets", *datasets, "--max_time_s", str(prior_seconds or train_seconds),
+                         "--context", str(context),
                          "--batch_size", "8", "--num_layers", "3", "--lr", "2e-3", "--warmup_steps", "50",
                          "--max_steps", "4000", "--log_every", "25"])
     return gen
@@ -150,7 +152,7 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
 
 
 def bench_base(zoo_dir: Path, work: Path, train_seconds: float, k: int, skip_generator: str | None,
-               num_eval_tasks: int | None = None) -> dict:
+               num_eval_tasks: int | None = None, prior_seconds: float | None = None) -> dict:
     """Every metric of `KEYS` for one zoo (`generated: None` plus `generated_reason` when it could not run)."""
     zb = ZooBench(zoo_dir, num_eval_tasks)
     row = {"zoo_dir": str(zoo_dir), "num_eval_tasks": len(zb.eval_ids),
@@ -162,7 +164,7 @@ def bench_base(zoo_dir: Path, work: Path, train_seconds: float, k: int, skip_gen
         row["generated_reason"] = skip_generator
         return row
     try:
-        row["generator_dir"] = str(build_generator(zb, work, train_seconds))
+        row["generator_dir"] = str(build_generator(zb, work, train_seconds, prior_seconds))
         row.update(generated(zb, Path(row["generator_dir"]), k))
     except Exception as err:  # report the baselines anyway
         traceback.print_exc()
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True, help="where to write the results (keyed by base)")
     p.add_argument("--base", nargs="+", choices=BASES, default=list(BASES))
     p.add_argument("--train_seconds", type=float, default=180.0, help="time cap of each of tokenizer / prior training")
+    p.add_argument("--prior_seconds", type=float, default=None, help="time cap of prior training (default: --train_seconds)")
     p.add_argument("--k", type=int, default=4, help="generated adapters per task (best on validation)")
     p.add_argument("--zoo_root", default="outputs/adapter_zoo")
     p.add_argument("--work_root", default="outputs/lora_bench")
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if skip and not args.small and zoo_dir.is_dir():
             skip += "; " + _size_note(zoo_dir)
-        results[base] = bench_base(zoo_dir, work, args.train_seconds, args.k, skip, args.num_eval_tasks)
+        results[base] = bench_base(zoo_dir, work, args.train_seconds, args.k, skip, args.num_eval_tasks,
+                                   args.prior_seconds)
         _write_results(Path(args.json), results)
     print_table(results)
     return 0
