@@ -78,10 +78,11 @@ def baselines(zb: ZooBench) -> dict:
     embed = lambda ids: torch.cat([text(zb.tasks[i]["instruction"]).reshape(1, -1) for i in ids])  # noqa: E731
     train_ids = zb.train_ids
     train_emb = torch.nn.functional.normalize(embed(train_ids), dim=-1)  # (n_train, d)
-    base_only, trained, retrieval, retrieved = [], [], [], {}
+    base_only, trained, retrieval, retrieved, trained_per_task = [], [], [], {}, {}
     for task_id in tqdm(zb.eval_ids, desc=f"baselines ({zb.base})", unit="task"):
         base_only.append(zb.accuracy(zb.ctx.load_base(), task_id, "test"))
         trained.append(_mean([a["test_accuracy"] for a in zb.adapters_of(task_id)]))
+        trained_per_task[task_id] = trained[-1]
         q = torch.nn.functional.normalize(embed([task_id]), dim=-1)  # (1, d)
         sims = (train_emb @ q.T).squeeze(-1)  # (n_train,)
         order = [train_ids[i] for i in sims.argsort(descending=True).tolist() if train_ids[i] != task_id]
@@ -89,7 +90,7 @@ def baselines(zb: ZooBench) -> dict:
             retrieved[task_id] = order[0]
             retrieval.append(zb.adapter_accuracy(zb.adapters_of(order[0])[0]["path"], task_id))
     return {"base_only": _mean(base_only), "trained_adapter": _mean(trained), "retrieval": _mean(retrieval),
-            "retrieved": retrieved}
+            "retrieved": retrieved, "trained_per_task": trained_per_task}
 
 
 def build_generator(zb: ZooBench, work: Path, train_seconds: float, prior_seconds: float | None = None) -> Path:
@@ -130,7 +131,7 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
     generator = ParamGenerator.from_pretrained(gen_dir)
     lora_config = zb.ctx.lora_config
     layout = lora_layout(zb.ctx.load_base(), lora_config)
-    tests, vals, seconds = [], [], []
+    tests, vals, seconds, per_task = [], [], [], {}
     for i, task_id in enumerate(tqdm(zb.eval_ids, desc=f"generate ({zb.base})", unit="task")):
         task = zb.tasks[task_id]
         if zb.base == "mnist-mlp":
@@ -145,10 +146,11 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
         best = int(np.argmax(val))
         vals.append(val[best])
         tests.append(zb.accuracy(models[best], task_id, "test"))
+        per_task[task_id] = round(tests[-1], 4)
     from hf_paramgen.generation import resolve_decoding
 
     return {"generated": _mean(tests), "generated_val": _mean(vals), "seconds_per_adapter": _mean(seconds),
-            "decoding": resolve_decoding(generator.param_tokenizer.config, None)}
+            "decoding": resolve_decoding(generator.param_tokenizer.config, None), "generated_per_task": per_task}
 
 
 def bench_base(zoo_dir: Path, work: Path, train_seconds: float, k: int, skip_generator: str | None,

@@ -60,6 +60,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         # LoRA on the 4-way head only, one class-aligned init, 1,500 of the 5,040 ordered topic choices
         "shared": {"num_tasks": 1500, "seeds": 1, "steps": 300, "heldout_fraction": 0.2, "validation_fraction": 0.1,
                    "target_modules": ["head"]},
+        # the same, on all 5,040 tasks, but every task with one of two topics is held out (1,680 tasks remain)
+        "new-topics": {"num_tasks": 5040, "seeds": 1, "steps": 300, "heldout_fraction": 0.0, "validation_fraction": 0.1,
+                       "target_modules": ["head"], "heldout_classes": ["data formats", "testing and debugging"]},
     },
 }
 # topic -> standard-library modules whose docstrings give its texts
@@ -557,6 +560,8 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
         make_tasks = _CONTEXTS[base][1]
         tasks = (make_tasks(cfg["cycle_pool"]) if "cycle_pool" in cfg else make_tasks())[: cfg["num_tasks"]]
         heldout = _heldout([t["task_id"] for t in tasks], cfg["heldout_fraction"])
+        if cfg.get("heldout_classes"):  # every task with one of these classes is held out: classes no prior saw
+            heldout |= {t["task_id"] for t in tasks if set(t["classes"]) & set(cfg["heldout_classes"])}
         validation = _heldout([t["task_id"] for t in tasks if t["task_id"] not in heldout],
                               cfg.get("validation_fraction", 0.0))  # monitored while training a prior, never trained on
         for task in tqdm(tasks, desc="base-only accuracy", unit="task"):
@@ -580,7 +585,8 @@ def cli_build_adapter_zoo(argv: list[str]) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--preset", choices=sorted({p for presets in PRESETS.values() for p in presets}), default="tiny",
                         help="tiny, full, or shared (every swap/3-cycle task for mnist-mlp, 1,500 topic tasks with "
-                             "head-only LoRA for minilm; one LoRA initialisation)")
+                             "head-only LoRA for minilm; one LoRA initialisation); minilm new-topics: tasks with "
+                             "two of the ten topics are all held out")
     parser.add_argument("--num_workers", type=int, default=1)
     parser.add_argument("--num_tasks", type=int)
     parser.add_argument("--seeds", type=int)

@@ -269,3 +269,13 @@ def test_minilm_head_adapters_learn_their_topics_and_load_in_peft(tmp_path):
     row = {"task": json.dumps(task), "instruction": task["instruction"], "architecture_text": "a LoRA head adapter"}
     embeds, types = condition_for_row(row, InstructionEncoders(text=text), {"text": SampleEncoder.for_dataset("text", 16)})
     assert types.tolist() == [0, 1, 2, 3, 4, 5]  # text, architecture, one prototype per topic
+
+
+def test_new_topics_preset_holds_out_every_task_with_an_unseen_topic(tmp_path):
+    from hf_paramgen.adapter_zoo import PRESETS, build_adapter_zoo
+
+    manifest = build_adapter_zoo("minilm", tmp_path, preset="new-topics", num_tasks=8, steps=2)
+    unseen = set(PRESETS["minilm"]["new-topics"]["heldout_classes"])
+    splits = {t["task_id"]: (t["split"], bool(set(t["classes"]) & unseen)) for t in manifest["tasks"]}
+    assert all((split == "heldout_task") == has_unseen for split, has_unseen in splits.values()), splits
+    assert {s for s, _ in splits.values()} >= {"train", "heldout_task"}
