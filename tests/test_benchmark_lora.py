@@ -51,3 +51,16 @@ def test_small_run_baselines_are_accuracies_and_adapters_beat_base(small_results
     assert row["seconds_to_train_adapter"] > 0
     # retrieval never returns the evaluated task's own adapter
     assert all(src != dst for src, dst in row["retrieved"].items())
+
+
+def test_generate_minilm_adapter_example_names_what_is_wrong(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("generate_minilm_adapter", SCRIPT.with_name("generate_minilm_adapter.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with pytest.raises(SystemExit):
+        example.main(["--topics", "networking", "mathematics", "cooking", "concurrency"])
+    assert "unknown topics ['cooking']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.main(["--topics", "networking", "mathematics", "concurrency", "data formats",
+                      "--generator", str(tmp_path / "missing")])
+    assert f"no generator at {tmp_path / 'missing'}" in capsys.readouterr().err
