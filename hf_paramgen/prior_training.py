@@ -183,7 +183,8 @@ def cli_train_prior(argv: list[str]) -> int:
     p.add_argument("--output_dir", required=True, help="generator folder to write")
     p.add_argument("--architectures", nargs="*", default=None, help="train on these architectures only")
     p.add_argument("--text_encoder", default="all-MiniLM-L6-v2", help="MiniLM name or 'hashing:<dim>'")
-    p.add_argument("--sample_datasets", nargs="*", default=["mnist", "digits"], help="datasets of the sample encoders ('text': labelled texts of text-task adapters)")
+    p.add_argument("--sample_datasets", nargs="*", default=["mnist", "digits"],
+                   help="datasets of the sample encoders ('text': labelled texts of text-task adapters)")
     p.add_argument("--hidden_size", type=int, default=128)
     p.add_argument("--num_layers", type=int, default=4)
     p.add_argument("--num_heads", type=int, default=4)
