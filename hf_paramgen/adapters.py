@@ -211,7 +211,7 @@ def _head_tensor_names(base_model: nn.Module, layout: ParamLayout) -> list[str]:
 
     Row i of that `lora_B` only changes output i, so a generator can tie it to class i of the task
     (`hf_paramgen.modeling_param_prior.class_slots`). A rank-equals-outputs head adapter trained from
-    `adapter_zoo.class_aligned_init` (lora_A = 0, lora_B = I) learns class i in rank i: row i of its
+    `class_aligned_init` (lora_A = 0, lora_B = I) learns class i in rank i: row i of its
     `lora_A` is class i as well.
     """
     linears = [name for name, module in base_model.named_modules() if isinstance(module, nn.Linear)]
@@ -224,6 +224,24 @@ def _head_tensor_names(base_model: nn.Module, layout: ParamLayout) -> list[str]:
         if len(shape) == 2 and shape[0] == shape[1]:
             heads = match(f"{linears[-1]}.lora_A.weight") + heads
     return heads
+
+
+def class_aligned_init(peft_model: torch.nn.Module, module_name: str = "head", adapter_name: str = "default") -> None:
+    """Initialise the LoRA of `module_name` (rank r = its output count) with lora_A = 0 and lora_B = I.
+
+    The adapter starts as the base (B A = 0, like PEFT's default init), but the gradient of row r of A is
+    then the gradient of output r: rank r learns class r, so A's rows are class-indexed like B's rows
+    (what `adapters.lora_layout` records as the head when r equals the output count).
+    """
+    layers = [m for n, m in peft_model.named_modules() if n.split(".")[-1] == module_name and hasattr(m, "lora_A")]
+    if len(layers) != 1:
+        raise ValueError(f"Expected one LoRA layer named {module_name!r}, found {len(layers)}.")
+    lora_A, lora_B = layers[0].lora_A[adapter_name].weight, layers[0].lora_B[adapter_name].weight  # (r, in), (out, r)
+    if lora_B.shape[0] != lora_B.shape[1]:
+        raise ValueError(f"class_aligned_init needs rank == output count, got lora_B of shape {tuple(lora_B.shape)}.")
+    with torch.no_grad():
+        lora_A.zero_()
+        lora_B.copy_(torch.eye(lora_B.shape[0]))
 
 
 # ---------------------------------------------------------------------------------------- apply

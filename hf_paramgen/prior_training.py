@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset
 
 from .collate import PriorCollator
-from .adapter_zoo import TEXT_DATASET, text_few_shot_samples
+from .adapter_zoo_minilm import TEXT_DATASET, text_few_shot_samples
 from .conditioning import TEXT_SAMPLES, Instruction, InstructionEncoders, SampleEncoder, encode_instruction
 from .configuration_param_prior import ParamPriorConfig
 from .corpus import corpus_model_weights
