@@ -9,10 +9,12 @@ encoder (`text_encoder`), and the layouts it was trained on (`layouts`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -342,7 +344,8 @@ def cli_generate(argv: list[str]) -> int:
                         help="weights of the sampled codes, or their expectation (default: mean where possible)")
     parser.add_argument("--output_dir", default=None, help="save the best network here (save_pretrained)")
     args = parser.parse_args(argv)
-    gen = ParamGenerator.from_pretrained(args.generator, revision=args.revision)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON report only (loaders print notices)
+        gen = ParamGenerator.from_pretrained(args.generator, revision=args.revision)
     task = Task.make(args.dataset, [int(c) for c in args.classes.split(",")], args.transform)
     start = time.perf_counter()
     result = gen.generate_for_task(task, args.architecture, args.num_samples, args.seed, temperature=args.temperature,

@@ -161,7 +161,7 @@ def test_cli_generate_saves_the_best_network(generator, tmp_path, capsys):
     rc = cli_generate(["--generator", str(tmp_path / "gen"), "--dataset", "digits", "--classes", "3,1,4,0",
                        "--architecture", ARCH, "--num_samples", "2", "--output_dir", str(tmp_path / "net")])
     out = capsys.readouterr().out
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(out)  # stdout is the JSON report alone (loader notices go to stderr)
     assert rc == 0 and len(report["validation_scores"]) == 2 and 0.0 <= report["best_test_accuracy"] <= 1.0
     net = load_checkpoint_model(tmp_path / "net")
     assert net(torch.zeros(1, 64)).shape == (1, 4)
