@@ -1,6 +1,6 @@
 """Benchmark generated LoRA adapters against baselines on an adapter zoo's held-out tasks.
 
-For each base ("mnist-mlp", "minilm") and each held-out task of its zoo (`outputs/adapter_zoo/<base>`):
+For each base ("mnist-mlp", "minilm") and each held-out task of its zoo (`outputs/adapter_zoo_shared/<base>` by default):
 
 * ``generated``: test accuracy of the best of k generated adapters (best picked on the task's validation split),
 * ``base_only``: the base model without adapter,
@@ -9,7 +9,7 @@ For each base ("mnist-mlp", "minilm") and each held-out task of its zoo (`output
 * ``seconds_per_adapter``: generation wall time per adapter (incl. decode), and
 * ``seconds_to_train_adapter`` (zoo manifest).
 
-A ParamTokenizer and a prior are trained (time-capped, resumable) under `outputs/lora_bench/<base>/` when missing.
+A ParamTokenizer and a prior are trained (time-capped, resumable) under `outputs/lora_bench_shared/<base>/` by default when missing.
 If the generator cannot be built, the baselines are still reported with ``generated: null`` and the reason.
 
     hf-paramgen build-adapter-zoo --base mnist-mlp --preset shared --output_dir outputs/adapter_zoo_shared/mnist-mlp
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train_seconds", type=float, default=180.0, help="time cap of each of tokenizer / prior training")
     p.add_argument("--prior_seconds", type=float, default=None, help="time cap of prior training (default: --train_seconds)")
     p.add_argument("--k", type=int, default=4, help="generated adapters per task (best on validation)")
-    p.add_argument("--zoo_root", default="outputs/adapter_zoo")
-    p.add_argument("--work_root", default="outputs/lora_bench")
+    p.add_argument("--zoo_root", default="outputs/adapter_zoo_shared", help="holds <base>/ adapter zoos")
+    p.add_argument("--work_root", default="outputs/lora_bench_shared", help="corpus, tokenizer and generator per base")
     p.add_argument("--small", action="store_true", help="tiny mnist-mlp zoo under work_root, baselines only")
     p.add_argument("--num_eval_tasks", type=int, default=None, help="evaluate the first N held-out tasks (default: all)")
     p.add_argument("--generator_bases", nargs="*", default=list(BASES),
