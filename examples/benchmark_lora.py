@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hf_paramgen.adapter_zoo import _context, build_adapter_zoo
+from hf_paramgen.adapter_zoo import PRESETS, _context, build_adapter_zoo
 from hf_paramgen.adapters import apply_adapter, load_adapter, lora_layout
 from hf_paramgen.generation import make_text_encoder
 
@@ -171,7 +171,22 @@ def bench_base(zoo_dir: Path, work: Path, train_seconds: float, k: int, skip_gen
     except Exception as err:  # report the baselines anyway
         traceback.print_exc()
         row["generated_reason"] = f"{type(err).__name__}: {err}"
+    row.update(by_unseen_classes(zb, row))
     return row
+
+
+def by_unseen_classes(zb: ZooBench, row: dict) -> dict:
+    """Generated vs trained accuracy by how many of a task's classes no training task has (zoos whose preset
+    holds out classes, e.g. minilm `new-topics`); {} otherwise."""
+    unseen = set(PRESETS[zb.base].get(zb.manifest.get("preset"), {}).get("heldout_classes") or [])
+    if not unseen or not row.get("generated_per_task"):
+        return {}
+    groups: dict[str, list[str]] = {}
+    for task_id in row["generated_per_task"]:
+        groups.setdefault(str(len(set(zb.tasks[task_id]["classes"]) & unseen)), []).append(task_id)
+    return {"unseen_classes": sorted(unseen), "by_unseen_classes": {
+        n: {"num_tasks": len(ids), "generated": _mean([row["generated_per_task"][i] for i in ids]),
+            "trained_adapter": _mean([row["trained_per_task"][i] for i in ids])} for n, ids in sorted(groups.items())}}
 
 
 def _size_note(zoo_dir: Path) -> str:
@@ -197,6 +212,10 @@ def print_table(results: dict) -> None:
     print("|---" * (len(cols) + 1) + "|")
     for base, row in results.items():
         print(f"| {base} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
+    for base, row in results.items():
+        for n, group in (row.get("by_unseen_classes") or {}).items():
+            print(f"{base}, tasks with {n} unseen class(es) ({group['num_tasks']} tasks): generated "
+                  f"{fmt(group['generated'])}, trained_adapter {fmt(group['trained_adapter'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

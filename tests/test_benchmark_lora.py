@@ -64,3 +64,18 @@ def test_generate_minilm_adapter_example_names_what_is_wrong(tmp_path, capsys):
         example.main(["--topics", "networking", "mathematics", "concurrency", "data formats",
                       "--generator", str(tmp_path / "missing")])
     assert f"no generator at {tmp_path / 'missing'}" in capsys.readouterr().err
+
+
+def test_tasks_are_grouped_by_how_many_classes_no_training_task_has():
+    from types import SimpleNamespace
+
+    bench = _load_script()
+    tasks = {"a": {"classes": ["networking", "mathematics", "concurrency", "data formats"]},
+             "b": {"classes": ["testing and debugging", "mathematics", "concurrency", "data formats"]},
+             "c": {"classes": ["networking", "data formats", "concurrency", "mathematics"]}}
+    zb = SimpleNamespace(base="minilm", manifest={"preset": "new-topics"}, tasks=tasks)
+    row = {"generated_per_task": {"a": 0.7, "b": 0.5, "c": 0.8}, "trained_per_task": {"a": 0.8, "b": 0.9, "c": 0.84}}
+    groups = bench.by_unseen_classes(zb, row)["by_unseen_classes"]
+    assert groups == {"1": {"num_tasks": 2, "generated": 0.75, "trained_adapter": 0.82},
+                      "2": {"num_tasks": 1, "generated": 0.5, "trained_adapter": 0.9}}
+    assert bench.by_unseen_classes(SimpleNamespace(base="minilm", manifest={"preset": "shared"}, tasks=tasks), row) == {}
