@@ -162,8 +162,10 @@ class _MiniLMContext:
                                   f"(cosine logits)", "data": self.data_source}
         self._pooled_cache: dict[str, torch.Tensor] = {}
 
-    def load_base(self) -> torch.nn.Module:
-        """A fresh copy of the pretrained base: MiniLM with the frozen 4-way `head` (loaded once per process)."""
+    @property
+    def frozen_base(self) -> torch.nn.Module:
+        """The shared pretrained base, loaded once per process: MiniLM with the frozen 4-way `head`. Never modified:
+        read-only uses (embeddings, base-only accuracy) take it as is, adapters wrap a `load_base` copy."""
         from transformers import AutoModel
 
         if not hasattr(self, "_base"):
@@ -171,7 +173,11 @@ class _MiniLMContext:
             base.head = torch.nn.Linear(base.config.hidden_size, MINILM_CLASSES, bias=False)
             base.head.weight.data.copy_(HEAD_SCALE * self.head)
             self._base = base.requires_grad_(False)
-        return copy.deepcopy(self._base)
+        return self._base
+
+    def load_base(self) -> torch.nn.Module:
+        """A fresh copy of the pretrained base (PEFT wraps a base in place)."""
+        return copy.deepcopy(self.frozen_base)
 
     def pooled(self, model: torch.nn.Module, batch) -> torch.Tensor:
         """Mean-pooled, L2-normalised sentence embeddings (b, 384)."""
@@ -186,10 +192,9 @@ class _MiniLMContext:
     def base_pooled(self, texts: list[str]) -> torch.Tensor:
         """Sentence embeddings of the frozen base (b, 384), cached per text."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._pooled_cache]
-        if todo:
-            base = self.load_base()
-            for i in range(0, len(todo), 64):
-                self._pooled_cache.update(zip(todo[i : i + 64], self.pooled(base, self.encode(todo[i : i + 64]))))
+        for i in range(0, len(todo), 64):
+            batch = self.encode(todo[i : i + 64])
+            self._pooled_cache.update(zip(todo[i : i + 64], self.pooled(self.frozen_base, batch)))
         return torch.stack([self._pooled_cache[t] for t in texts])
 
     def _examples(self, task: dict, split: str, seed: int = 0) -> tuple[list[str], torch.Tensor]:
@@ -202,13 +207,15 @@ class _MiniLMContext:
             labels += [k] * len(chosen)
         return texts, torch.tensor(labels)
 
-    def _head_only(self, lora_config: LoraConfig) -> bool:
-        return list(lora_config.target_modules or []) == ["head"]
+    @property
+    def _head_only(self) -> bool:
+        """The preset's LoRA adapts the head alone: the encoder's outputs are the frozen base's."""
+        return list(self.lora_config.target_modules or []) == ["head"]
 
     @torch.no_grad()
     def _accuracy(self, model: torch.nn.Module, task: dict, split: str) -> float:
         texts, labels = self._examples(task, split)
-        if self._head_only(self.lora_config) or not hasattr(model, "peft_config"):  # the encoder is the frozen base
+        if self._head_only or not hasattr(model, "peft_config"):  # the encoder is the frozen base
             logits = model.head(self.base_pooled(texts))
         else:
             logits = self.logits(model, self.encode(texts))
@@ -216,8 +223,7 @@ class _MiniLMContext:
 
     def base_only(self, task: dict) -> dict[str, float]:
         """Accuracy of the frozen base + head (no adapter)."""
-        base = self.load_base()
-        return {f"base_only_{split}_accuracy": self._accuracy(base, task, split) for split in ("val", "test")}
+        return {f"base_only_{s}_accuracy": self._accuracy(self.frozen_base, task, s) for s in ("val", "test")}
 
     def train(self, task: dict, seed: int, steps: int):
         from peft import get_peft_model
@@ -225,7 +231,7 @@ class _MiniLMContext:
         torch.manual_seed(seed)
         model = get_peft_model(self.load_base(), _peft_config_copy(self.lora_config))
         texts, labels = self._examples(task, "train", seed)
-        if self._head_only(self.lora_config):
+        if self._head_only:
             # only the head is adapted: the frozen encoder's embeddings are the head's exact inputs
             class_aligned_init(model, "head")
             pooled = self.base_pooled(texts)  # (n, 384)
