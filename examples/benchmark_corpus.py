@@ -20,7 +20,7 @@ from pathlib import Path
 
 def zoo_stats(zoo_dir: Path) -> dict:
     """Counts and build time of a zoo, read from its manifest (and checkpoint cards where needed)."""
-    from hf_paramgen.corpus import _read_card, _zoo_sources
+    from hf_paramgen.data.corpus import _read_card, _zoo_sources
 
     manifest_file = zoo_dir / "manifest.json"
     if not manifest_file.is_file():
@@ -42,7 +42,7 @@ def make_checkpoints(folder: Path, num_models: int, params_per_model: int) -> li
     import torch
     from huggingface_hub import ModelCard, ModelCardData
 
-    from hf_paramgen.architectures import ZooNet
+    from hf_paramgen.research.architectures import ZooNet
 
     hidden = 2048 if params_per_model >= 2_000_000 else 64
     d_in = max(1, (params_per_model - 11 * hidden - 10) // hidden)
@@ -75,7 +75,7 @@ def child_build(spec: str) -> None:
     import numpy as np
     import torch
 
-    from hf_paramgen.corpus import build_corpus, chunk_batch
+    from hf_paramgen.data.corpus import build_corpus, chunk_batch
 
     torch.set_num_threads(1)
     args = json.loads(spec)

@@ -8,14 +8,14 @@
 Prints a table (rows = methods, columns = splits), writes the JSON (keys per split: generated_zero_shot,
 generated_finetuned, trained, random_init, zoo_average, retrieval, retrieval_noise, linear_hypernetwork,
 shuffled_instruction, finetune_steps_ratio, novelty_ratio; top level: tokens_per_second, compute_floor_ratio)
-and a PNG of fine-tuning curves. Same as `hf-paramgen evaluate`; see `hf_paramgen.evaluation`.
+and a PNG of fine-tuning curves. Same as `hf-paramgen evaluate`; see `hf_paramgen.research.evaluation`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from hf_paramgen.evaluation import cli_evaluate
+from hf_paramgen.research.evaluation import cli_evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hf_paramgen.adapter_zoo import PRESETS, _context, build_adapter_zoo
-from hf_paramgen.adapters import apply_adapter, load_adapter, lora_layout
-from hf_paramgen.generation import make_text_encoder
+from hf_paramgen.research.adapter_zoo import PRESETS, _context, build_adapter_zoo
+from hf_paramgen.adapters.lora import apply_adapter, load_adapter, lora_layout
+from hf_paramgen.conditioning import make_text_encoder
 
 BASES = ("mnist-mlp", "minilm")
 KEYS = ("generated", "base_only", "trained_adapter", "retrieval", "seconds_per_adapter", "seconds_to_train_adapter")
@@ -95,9 +95,9 @@ def baselines(zb: ZooBench) -> dict:
 
 def build_generator(zb: ZooBench, work: Path, train_seconds: float, prior_seconds: float | None = None) -> Path:
     """Corpus -> ParamTokenizer -> prior under `work`, each step skipped when its output exists."""
-    from hf_paramgen.corpus import build_corpus
-    from hf_paramgen.prior_training import cli_train_prior
-    from hf_paramgen.training import cli_train_tokenizer
+    from hf_paramgen.data.corpus import build_corpus
+    from hf_paramgen.training.prior import cli_train_prior
+    from hf_paramgen.training.tokenizer import cli_train_tokenizer
 
     corpus, tok, gen = work / "corpus", work / "tokenizer", work / "generator"
     if not (corpus / "dataset_dict.json").is_file():
@@ -105,9 +105,9 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float, prior_second
     if not (tok / "config.json").is_file():
         cli_train_tokenizer(["--corpus", str(corpus), "--output_dir", str(tok), "--max_time_s", str(train_seconds)])
     if not (gen / "config.json").is_file():
-        from hf_paramgen.chunking import num_chunks
-        from hf_paramgen.configuration_param_prior import ParamPriorConfig
-        from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+        from hf_paramgen.layout.chunking import num_chunks
+        from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
+        from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
 
         datasets = ["mnist"] if zb.base == "mnist-mlp" else ["text"]  # few-shot digits / labelled texts
         tok_config = ParamTokenizer.from_pretrained(tok).config
@@ -124,9 +124,9 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float, prior_second
 
 def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
     """Best-of-k generated adapter per task (picked on validation), its test accuracy and seconds per adapter."""
-    from hf_paramgen.adapter_zoo import text_few_shot_samples
-    from hf_paramgen.data import Task, few_shot_samples
-    from hf_paramgen.generation import ParamGenerator
+    from hf_paramgen.research.adapter_zoo import text_few_shot_samples
+    from hf_paramgen.research.tasks import Task, few_shot_samples
+    from hf_paramgen.generation.generator import ParamGenerator
 
     generator = ParamGenerator.from_pretrained(gen_dir)
     lora_config = zb.ctx.lora_config
@@ -147,7 +147,7 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
         vals.append(val[best])
         tests.append(zb.accuracy(models[best], task_id, "test"))
         per_task[task_id] = round(tests[-1], 4)
-    from hf_paramgen.generation import resolve_decoding
+    from hf_paramgen.generation.generator import resolve_decoding
 
     return {"generated": _mean(tests), "generated_val": _mean(vals), "seconds_per_adapter": _mean(seconds),
             "decoding": resolve_decoding(generator.param_tokenizer.config, None), "generated_per_task": per_task}

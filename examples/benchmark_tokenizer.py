@@ -3,14 +3,14 @@
     python examples/benchmark_tokenizer.py --json outputs/bench/tokenizer.json [--zoo outputs/zoo] [--small]
 
 For each setting (codebook size x codes per chunk x residual depth x chunk size) a ParamTokenizer is
-trained for a bounded time on the `train` networks with `hf_paramgen.training.train`; then every
+trained for a bounded time on the `train` networks with `hf_paramgen.training.loop.train`; then every
 validation / held-out-task / held-out-architecture network is encoded and decoded, and the test
 accuracy of the reconstruction is compared with the original's. Prints a table, writes a PNG (bits
 per parameter vs mean accuracy drop) and, for the default setting, the JSON keys
 `heldout_mean_accuracy_drop_pp`, `heldout_worst_accuracy_drop_pp`, `bits_per_param`,
 `codebook_usage`, `encode_decode_params_per_second`, `copy_floor_ratio`.
 
-Networks come from the zoo (`hf_paramgen.zoo`) when `--zoo` holds one, else from a small zoo of
+Networks come from the zoo (`hf_paramgen.research.zoo`) when `--zoo` holds one, else from a small zoo of
 sklearn-digits nets trained here (label-permutation tasks; MLP seen, CNN held out).
 """
 
@@ -30,13 +30,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_paramgen.architectures import build_model
-from hf_paramgen.chunking import chunk
-from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
-from hf_paramgen.layout import ParamLayout
-from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
-from hf_paramgen.quantizer import code_statistics
-from hf_paramgen.training import TrainingConfig, augment_chunks, train
+from hf_paramgen.research.architectures import build_model
+from hf_paramgen.layout.chunking import chunk
+from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
+from hf_paramgen.layout.param_layout import ParamLayout
+from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
+from hf_paramgen.models.quantizer import code_statistics
+from hf_paramgen.data.collate import augment_chunks
+from hf_paramgen.training.loop import TrainingConfig, train
 
 HELDOUT = ("validation", "heldout_task", "heldout_architecture")
 # name -> ParamTokenizerConfig overrides; "default" is the shipped default configuration.
@@ -112,9 +113,9 @@ def digits_zoo(small: bool) -> list[Net]:
 
 
 def zoo_nets(zoo_dir: str, max_per_split: int, max_train: int) -> list[Net]:
-    """Networks of a zoo built by `hf_paramgen.zoo` (at most `max_train` train / `max_per_split` other per split)."""
-    from hf_paramgen import zoo
-    from hf_paramgen.data import task_from_dict
+    """Networks of a zoo built by `hf_paramgen.research.zoo` (at most `max_train` train / `max_per_split` other per split)."""
+    from hf_paramgen.research import zoo
+    from hf_paramgen.research.tasks import task_from_dict
 
     import random
 

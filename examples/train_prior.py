@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from hf_paramgen.prior_training import cli_train_prior
+from hf_paramgen.training.prior import cli_train_prior
 
 if __name__ == "__main__":
     sys.exit(cli_train_prior(sys.argv[1:]))

@@ -9,7 +9,7 @@ GPUs. The result loads with `AutoModel.from_pretrained(output_dir, trust_remote_
 
 import sys
 
-from hf_paramgen.training import cli_train_tokenizer
+from hf_paramgen.training.tokenizer import cli_train_tokenizer
 
 if __name__ == "__main__":
     sys.exit(cli_train_tokenizer(sys.argv[1:]))

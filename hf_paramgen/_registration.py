@@ -5,11 +5,11 @@ from __future__ import annotations
 
 
 def register_all() -> None:
-    from .modeling_param_prior import register as register_prior
-    from .modeling_param_tokenizer import register as register_tokenizer
+    from .models.modeling_param_prior import register as register_prior
+    from .models.modeling_param_tokenizer import register as register_tokenizer
 
     register_tokenizer()
     register_prior()
-    from .pipeline_parameter_generation import register as register_pipeline
+    from .generation.pipeline_parameter_generation import register as register_pipeline
 
     register_pipeline()

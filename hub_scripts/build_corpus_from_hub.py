@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
-    from hf_paramgen.corpus import CorpusError, build_corpus
+    from hf_paramgen.data.corpus import CorpusError, build_corpus
 
     try:
         corpus = build_corpus(args.repo_ids, args.output_dir, chunk_size=args.chunk_size, aggregation=args.aggregation,

@@ -64,14 +64,14 @@ def checkpoint_sources(corpus_dir: str | None) -> list[tuple[str, str]]:
     """(repo_id, revision) of every Hub checkpoint in a local corpus folder's `models` table."""
     if not corpus_dir:
         return []
-    from hf_paramgen.corpus import load_corpus
+    from hf_paramgen.data.corpus import load_corpus
 
     rows = load_corpus(corpus_dir)["models"].select_columns(["repo_id", "revision"]).to_list()
     return sorted({(r["repo_id"], r["revision"]) for r in rows if r["repo_id"]})
 
 
 def render_generator_card(config: dict, repo_id: str, args: argparse.Namespace):
-    from hf_paramgen.hub import read_template, render_card
+    from hf_paramgen.hub.cards import read_template, render_card
 
     corpus_repo, _, corpus_rev = (args.corpus or "").partition("@")
     card_data = {"library_name": "hf_paramgen", "pipeline_tag": None,
@@ -97,7 +97,7 @@ def push_generator(args: argparse.Namespace) -> str:
     from transformers import pipeline
 
     import hf_paramgen  # noqa: F401  (registers the task)
-    from hf_paramgen.pipeline_parameter_generation import PARAM_TOKENIZER_SUBFOLDER
+    from hf_paramgen.generation.pipeline_parameter_generation import PARAM_TOKENIZER_SUBFOLDER
 
     source = Path(args.generator)
     if not (source / "config.json").is_file():

@@ -5,7 +5,7 @@ variables once, at import. This file is imported by pytest before any test modul
 here, at import time, for the whole session (and every subprocess started with `os.environ`):
 
 * `HF_ENDPOINT`        http://127.0.0.1:<free port>; the `hub_endpoint` fixture serves the Hub
-                        emulator (`hf_paramgen.hub_emulator`) there. Until a test requests it, Hub
+                        emulator (`hub_emulator`) there. Until a test requests it, Hub
                         calls fail fast with "connection refused": no test can reach a real Hub.
 * `HF_HOME`            a fresh temporary folder (model/dataset caches, no token), removed at exit.
 * `HF_HUB_DISABLE_XET=1`, `HF_HUB_DISABLE_TELEMETRY=1`; `HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE`,
@@ -67,7 +67,7 @@ def hub_endpoint(tmp_path_factory: pytest.TempPathFactory):
     if constants.ENDPOINT != HUB_URL:
         pytest.fail(f"huggingface_hub was imported before tests/conftest.py set HF_ENDPOINT: it uses "
                     f"{constants.ENDPOINT!r}, expected {HUB_URL!r}. Remove the early import (e.g. a pytest plugin).")
-    from hf_paramgen.hub_emulator import start_hub_emulator
+    from hub_emulator import start_hub_emulator
 
     try:
         url, stop = start_hub_emulator(tmp_path_factory.mktemp("hub_emulator"), port=HUB_PORT)

@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from hf_paramgen.adapters import (
+from hf_paramgen.adapters.lora import (
     AdapterBaseMismatchError,
     adapter_checkpoint,
     apply_adapter,
@@ -21,7 +21,7 @@ from hf_paramgen.adapters import (
     lora_layout,
     save_adapter,
 )
-from hf_paramgen.layout import LayoutError
+from hf_paramgen.layout.param_layout import LayoutError
 
 
 def tiny_mlp(seed: int = 0) -> nn.Sequential:
@@ -58,7 +58,7 @@ def test_lora_layout_of_sequential_has_peft_saved_names_kinds_and_shapes():
     assert layout.metadata["lora_config"]["r"] == 2 and layout.metadata["lora_config"]["target_modules"] == ["0", "2"]
     assert layout.metadata["head"] == ["base_model.model.2.lora_B.weight"]  # rows = the base's 3 outputs
     json.dumps(layout.metadata)  # JSON-safe
-    from hf_paramgen.modeling_param_prior import class_slots
+    from hf_paramgen.models.modeling_param_prior import class_slots
 
     assert class_slots(layout, 2).tolist()[-3:] == [1, 2, 3]  # (3, 2) lora_B: one chunk per output row
     assert lora_layout(tiny_mlp(), LoraConfig(r=2, target_modules=["0"])).metadata["head"] == []
@@ -163,14 +163,14 @@ def test_adapter_checkpoint_returns_layout_ordered_state_dict_and_info(tmp_path)
 
 @pytest.fixture(scope="module")
 def mnist_zoo(tmp_path_factory):
-    from hf_paramgen.adapter_zoo import build_adapter_zoo
+    from hf_paramgen.research.adapter_zoo import build_adapter_zoo
 
     path = tmp_path_factory.mktemp("mnist_zoo")
     return path, build_adapter_zoo("mnist-mlp", path, preset="tiny")
 
 
 def test_tiny_mnist_adapter_zoo_beats_base_only_on_its_tasks_and_resumes(mnist_zoo):
-    from hf_paramgen.adapter_zoo import build_adapter_zoo, load_zoo_base
+    from hf_paramgen.research.adapter_zoo import build_adapter_zoo, load_zoo_base
 
     tmp_path, manifest = mnist_zoo
     assert manifest["num_adapters"] == 2 and manifest["base_model"]["test_accuracy"] > 0.85
@@ -186,8 +186,8 @@ def test_tiny_mnist_adapter_zoo_beats_base_only_on_its_tasks_and_resumes(mnist_z
 
 
 def test_adapter_zoo_folder_builds_a_weight_corpus_with_exact_adapter_weights(mnist_zoo, tmp_path):
-    from hf_paramgen.adapter_zoo import load_zoo_base
-    from hf_paramgen.corpus import build_corpus, corpus_model_weights
+    from hf_paramgen.research.adapter_zoo import load_zoo_base
+    from hf_paramgen.data.corpus import build_corpus, corpus_model_weights
 
     zoo, manifest = mnist_zoo
     corpus = build_corpus([zoo], tmp_path / "corpus", chunk_size=64)
@@ -202,7 +202,7 @@ def test_adapter_zoo_folder_builds_a_weight_corpus_with_exact_adapter_weights(mn
 
 @pytest.mark.slow
 def test_tiny_minilm_adapter_zoo_beats_base_only_on_its_tasks(tmp_path):
-    from hf_paramgen.adapter_zoo import build_adapter_zoo
+    from hf_paramgen.research.adapter_zoo import build_adapter_zoo
 
     manifest = build_adapter_zoo("minilm", tmp_path, preset="tiny")
     for adapter in manifest["adapters"]:
@@ -210,7 +210,7 @@ def test_tiny_minilm_adapter_zoo_beats_base_only_on_its_tasks(tmp_path):
 
 
 def test_a_head_adapter_whose_rank_equals_the_outputs_has_class_rows_in_lora_A_too():
-    from hf_paramgen.modeling_param_prior import class_slots
+    from hf_paramgen.models.modeling_param_prior import class_slots
 
     layout = lora_layout(tiny_mlp(), LoraConfig(r=3, lora_alpha=3, target_modules=["2"]))
     assert layout.metadata["head"] == ["base_model.model.2.lora_A.weight", "base_model.model.2.lora_B.weight"]
@@ -221,7 +221,7 @@ def test_a_head_adapter_whose_rank_equals_the_outputs_has_class_rows_in_lora_A_t
 def test_class_aligned_init_starts_at_the_base_and_trains_rank_r_on_class_r():
     from peft import get_peft_model
 
-    from hf_paramgen.adapter_zoo import class_aligned_init
+    from hf_paramgen.research.adapter_zoo import class_aligned_init
 
     base = tiny_mlp()
     model = get_peft_model(copy.deepcopy(base), LoraConfig(r=3, lora_alpha=3, target_modules=["2"]))
@@ -244,9 +244,10 @@ def test_class_aligned_init_starts_at_the_base_and_trains_rank_r_on_class_r():
 
 def test_minilm_head_adapters_learn_their_topics_and_load_in_peft(tmp_path):
     """The `shared` MiniLM preset (LoRA on the 4-way head, class-aligned init) on 3 real topic tasks."""
-    from hf_paramgen.adapter_zoo import build_adapter_zoo, load_zoo_base, text_few_shot_samples
+    from hf_paramgen.research.adapter_zoo import build_adapter_zoo, load_zoo_base, text_few_shot_samples
     from hf_paramgen.conditioning import HashingTextEncoder, InstructionEncoders, SampleEncoder
-    from hf_paramgen.prior_training import condition_for_row
+    from hf_paramgen.research.samples import ZooSamples
+    from hf_paramgen.training.prior import condition_for_row
 
     manifest = build_adapter_zoo("minilm", tmp_path, preset="shared", num_tasks=3)
     assert manifest["lora_config"]["target_modules"] == ["head"] and manifest["num_adapters"] == 3
@@ -267,12 +268,13 @@ def test_minilm_head_adapters_learn_their_topics_and_load_in_peft(tmp_path):
         text_few_shot_samples({**task, "classes": ["cooking"]})
     text = HashingTextEncoder(dim=16)
     row = {"task": json.dumps(task), "instruction": task["instruction"], "architecture_text": "a LoRA head adapter"}
-    embeds, types = condition_for_row(row, InstructionEncoders(text=text), {"text": SampleEncoder.for_dataset("text", 16)})
+    embeds, types = condition_for_row(row, InstructionEncoders(text=text), {"text": SampleEncoder.for_texts(16)},
+                                      ZooSamples(("text",)))
     assert types.tolist() == [0, 1, 2, 3, 4, 5]  # text, architecture, one prototype per topic
 
 
 def test_new_topics_preset_holds_out_every_task_with_an_unseen_topic(tmp_path):
-    from hf_paramgen.adapter_zoo import PRESETS, build_adapter_zoo
+    from hf_paramgen.research.adapter_zoo import PRESETS, build_adapter_zoo
 
     manifest = build_adapter_zoo("minilm", tmp_path, preset="new-topics", num_tasks=8, steps=2)
     unseen = set(PRESETS["minilm"]["new-topics"]["heldout_classes"])

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+
+from hf_paramgen.research.samples import sample_encoder_for_dataset
 import torch
 from datasets import Dataset
 from torch import nn
@@ -70,7 +72,7 @@ def test_sample_encoder_errors_name_expected_and_received():
 
 
 def test_sample_encoder_pca_for_digits_saves_and_loads_exactly(tmp_path):
-    enc = SampleEncoder.for_dataset("digits", dim=96)  # 64 features: columns past rank 64 are zero
+    enc = sample_encoder_for_dataset("digits", dim=96)  # 64 features: columns past rank 64 are zero
     assert enc.projection.shape == (64, 96) and bool((enc.projection[:, 64:] == 0).all())
     from sklearn.datasets import load_digits
 
@@ -161,7 +163,7 @@ def test_sample_encoder_applies_a_frozen_feature_extractor(tmp_path):
 
 
 def test_text_sample_encoder_is_the_identity_on_text_vectors(tmp_path):
-    enc = SampleEncoder.for_dataset("text", dim=6)
+    enc = SampleEncoder.for_texts(6)
     X = torch.randn(6, 6)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     expected = torch.nn.functional.normalize(torch.stack([X[0:2].mean(0), X[2:4].mean(0), X[4:6].mean(0)]), dim=-1)
@@ -171,4 +173,4 @@ def test_text_sample_encoder_is_the_identity_on_text_vectors(tmp_path):
     with pytest.raises(ValueError, match="needs num_features == dim, got 5 and 6"):
         SampleEncoder(num_features=5, dim=6, method="identity")
     with pytest.raises(ValueError, match="expected 'mnist', 'digits' or 'text'"):
-        SampleEncoder.for_dataset("imagenet")
+        sample_encoder_for_dataset("imagenet")

@@ -11,8 +11,8 @@ from datasets import load_from_disk
 from huggingface_hub import DatasetCard, ModelCard, ModelCardData
 from safetensors.torch import load_file, save_file
 
-from hf_paramgen.architectures import build_model
-from hf_paramgen.corpus import (
+from hf_paramgen.research.architectures import build_model
+from hf_paramgen.data.corpus import (
     CorpusError,
     build_corpus,
     chunk_batch,
@@ -142,7 +142,7 @@ def test_peft_adapter_folders_enter_with_their_recorded_layout(tmp_path):
     from peft import LoraConfig
     from torch import nn
 
-    from hf_paramgen.adapters import lora_layout, save_adapter
+    from hf_paramgen.adapters.lora import lora_layout, save_adapter
 
     torch.manual_seed(0)
     layout = lora_layout(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)), LoraConfig(r=2, target_modules=["0", "2"]))
@@ -252,7 +252,7 @@ def test_existing_output_needs_overwrite_and_survives_a_failed_overwrite(ckpts, 
 
 def test_unknown_repo_id_fails_clearly_offline(tmp_path):
     code = (
-        "from hf_paramgen.corpus import build_corpus, CorpusError\n"
+        "from hf_paramgen.data.corpus import build_corpus, CorpusError\n"
         f"try:\n    build_corpus(['nobody/no-such-zoo-net@main'], {str(tmp_path / 'out')!r})\n"
         "except CorpusError as err:\n    print('ERROR', err)\n"
     )

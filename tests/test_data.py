@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_paramgen.data import (
+from hf_paramgen.research.tasks import (
     DATASETS,
     Task,
     dataset_arrays,

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from hf_paramgen.architectures import build_model
+from hf_paramgen.research.architectures import build_model
 from hf_paramgen.conditioning import HashingTextEncoder, SampleEncoder
-from hf_paramgen.data import Task, few_shot_samples, load_task_split
-from hf_paramgen.evaluation import (METHODS, SPLITS, ZooIndex, add_noise, align_hidden_units, aligned_distance,
+from hf_paramgen.research.tasks import Task, few_shot_samples, load_task_split
+from hf_paramgen.research.evaluation import (METHODS, SPLITS, ZooIndex, add_noise, align_hidden_units, aligned_distance,
                                     cli_evaluate, evaluate_generator, make_model, novelty, select_best, steps_ratio)
 from hf_paramgen.metrics.param_generation.param_generation import compute_param_generation
-from hf_paramgen.zoo import build_zoo, evaluate_accuracy
+from hf_paramgen.research.zoo import build_zoo, evaluate_accuracy
 
 TASK = Task.make("mnist", [4, 6, 2, 7])
 
@@ -156,12 +156,12 @@ def test_param_generation_metric_fraction_and_gap_closed():
 
 
 def test_a_real_untrained_param_generator_runs_through_the_evaluation_and_is_timed(tiny_zoo):
-    from hf_paramgen.configuration_param_prior import ParamPriorConfig
-    from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
-    from hf_paramgen.evaluation import compute_floor_ratio, generator_fn
-    from hf_paramgen.generation import ParamGenerator
-    from hf_paramgen.modeling_param_prior import ParamPriorForCausalLM
-    from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+    from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
+    from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
+    from hf_paramgen.research.evaluation import compute_floor_ratio, generator_fn
+    from hf_paramgen.generation.generator import ParamGenerator
+    from hf_paramgen.models.modeling_param_prior import ParamPriorForCausalLM
+    from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
 
     torch.manual_seed(0)
     tok = ParamTokenizer(ParamTokenizerConfig(chunk_size=16, codebook_size=16, codebook_dim=4, hidden_size=16, num_layers=1))
@@ -179,7 +179,7 @@ def test_a_real_untrained_param_generator_runs_through_the_evaluation_and_is_tim
     assert gen_fn.tokens == 2 * gen_fn.tokens_per_sample > 0 and gen_fn.tokens_per_second > 0  # k=2, one call
     floor = compute_floor_ratio(gen_fn.tokens_per_second, sum(p.numel() for p in prior.parameters()), 32, 10, 1)
     assert floor["matmul_flops_per_second"] > 0 and 0 < floor["compute_floor_ratio"]
-    from hf_paramgen.evaluation import batch_throughput
+    from hf_paramgen.research.evaluation import batch_throughput
 
     tp = batch_throughput(generator, Task.make("digits", [0, 1, 2]), "mlp-64-32", batch=3)
     assert tp["batch"] == 3 and tp["tokens"] == 3 * gen_fn.tokens_per_sample and tp["tokens_per_second"] > 0

@@ -8,15 +8,16 @@ import shutil
 import pytest
 import torch
 
-from hf_paramgen.architectures import build_model
+from hf_paramgen.research.architectures import build_model
 from hf_paramgen.conditioning import HashingTextEncoder, SampleEncoder
-from hf_paramgen.configuration_param_prior import ParamPriorConfig
-from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
-from hf_paramgen.data import Task, few_shot_samples, load_task_split
-from hf_paramgen.generation import GenerationError, ParamGenerator
-from hf_paramgen.layout import ParamLayout
-from hf_paramgen.modeling_param_prior import ParamPriorForCausalLM
-from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
+from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
+from hf_paramgen.research.generate import generate_for_task
+from hf_paramgen.research.tasks import Task, few_shot_samples, load_task_split
+from hf_paramgen.generation.generator import GenerationError, ParamGenerator
+from hf_paramgen.layout.param_layout import ParamLayout
+from hf_paramgen.models.modeling_param_prior import ParamPriorForCausalLM
+from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
 
 ARCH = "mlp-64-32"
 DIM = 32
@@ -98,7 +99,7 @@ def test_best_of_k_picks_the_highest_validation_score_and_loads_it(generator, ta
 
 
 def test_generate_for_task_uses_the_zoo_task(generator, task):
-    result = generator.generate_for_task(task, ARCH, num_samples=2, seed=0)
+    result = generate_for_task(generator, task, ARCH, num_samples=2, seed=0)
     assert len(result.state_dicts) == 2 and result.scores[result.best_index] == max(result.scores)
 
 
@@ -154,8 +155,8 @@ def test_architecture_beyond_the_prior_tables_is_rejected(task):
 
 
 def test_cli_generate_saves_the_best_network(generator, tmp_path, capsys):
-    from hf_paramgen.generation import cli_generate
-    from hf_paramgen.zoo import load_checkpoint_model
+    from hf_paramgen.research.generate import cli_generate
+    from hf_paramgen.research.zoo import load_checkpoint_model
 
     generator.save_pretrained(tmp_path / "gen")
     rc = cli_generate(["--generator", str(tmp_path / "gen"), "--dataset", "digits", "--classes", "3,1,4,0",
@@ -173,7 +174,7 @@ def test_labelled_texts_are_embedded_by_the_text_encoder():
     texts, y = ["open a file", "list a folder", "add two numbers", "take a square root"], [0, 0, 1, 1]
     with pytest.raises(GenerationError, match="samples are texts, but this generator has no 'text' sample encoder"):
         gen.encode(layout, "sort texts by topic", samples=(texts, y))
-    gen.sample_encoders["text"] = SampleEncoder.for_dataset("text", dim=DIM)
+    gen.sample_encoders["text"] = SampleEncoder.for_texts(DIM)
     cond = gen.encode(layout, "sort texts by topic", samples=(texts, y))
     embeds, types = cond["condition_embeds"][0], cond["condition_types"][0]
     vectors = gen.text_encoder(texts)[:, 0]  # (4, DIM)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from hf_paramgen.hub import fetch_snapshot, push_folder, read_template, render_card
+from hf_paramgen.hub.cards import fetch_snapshot, push_folder, read_template, render_card
 
 
 def _write_folder(folder, config: dict, weights: bytes):
@@ -112,7 +112,7 @@ def test_offline_subprocess_resolves_cached_repo_and_explains_uncached_one(hub_r
     assert HfApi().model_info(never_downloaded).sha  # exists on the Hub, just not in the cache
 
     code = textwrap.dedent(f"""
-        from hf_paramgen.hub import fetch_snapshot
+        from hf_paramgen.hub.cards import fetch_snapshot
         print("PATH", fetch_snapshot({hub_repo_id!r}))
         try:
             fetch_snapshot({never_downloaded!r})

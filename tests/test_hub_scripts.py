@@ -13,9 +13,9 @@ from test_corpus import make_checkpoint
 from test_pipeline import make_generator, tiny_net
 
 import hf_paramgen  # noqa: F401  (registers the task)
-from hf_paramgen.architectures import ZooNet
-from hf_paramgen.corpus import build_corpus, corpus_model_weights, load_corpus
-from hf_paramgen.layout import ParamLayout
+from hf_paramgen.research.architectures import ZooNet
+from hf_paramgen.data.corpus import build_corpus, corpus_model_weights, load_corpus
+from hf_paramgen.layout.param_layout import ParamLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_pushed_generator_is_pinned_carded_and_runs_from_its_repo_id(hub_repo_id
     local = pipeline("parameter-generation", model=str(folder))({"target": tiny_net(), "task": "classify"}, seed=0)
     for name, tensor in out["state_dict"].items():  # same weights as the local folder: the pinned tokenizer is the one
         torch.testing.assert_close(tensor, local["state_dict"][name])
-    from hf_paramgen.generation import ParamGenerator
+    from hf_paramgen.generation.generator import ParamGenerator
 
     by_id = ParamGenerator.from_pretrained(hub_repo_id)  # the pinned ParamTokenizer revision, fetched by sha
     for name, tensor in ParamGenerator.from_pretrained(folder).param_tokenizer.state_dict().items():

@@ -9,10 +9,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from hf_paramgen import ParamLayout, chunk_positions
-from hf_paramgen.collate import PriorCollator
-from hf_paramgen.configuration_param_prior import ParamPriorConfig
-from hf_paramgen.architectures import build_model
-from hf_paramgen.modeling_param_prior import (
+from hf_paramgen.data.collate import PriorCollator
+from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
+from hf_paramgen.research.architectures import build_model
+from hf_paramgen.models.modeling_param_prior import (
     ParamPriorForCausalLM, class_slots, head_tensors, register, structure_for_layout,
 )
 
@@ -111,7 +111,7 @@ def test_codes_input_ids_roundtrip_is_exact_and_rejects_specials():
 def test_save_load_is_exact_and_auto_class_loads(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
-    assert {"configuration_param_prior.py", "modeling_param_prior.py", "chunking.py", "layout.py"} <= set(os.listdir(tmp_path))
+    assert {"configuration_param_prior.py", "modeling_param_prior.py", "chunking.py", "param_layout.py"} <= set(os.listdir(tmp_path))
     loaded = ParamPriorForCausalLM.from_pretrained(tmp_path).eval()
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from hf_paramgen.chunking import chunk, chunk_positions, unchunk
-from hf_paramgen.configuration_param_tokenizer import NUM_KINDS, ParamTokenizerConfig
-from hf_paramgen.layout import KINDS, LayoutError, ParamLayout
-from hf_paramgen.modeling_param_tokenizer import ParamTokenizer, register
-from hf_paramgen.quantizer import EMACodebook, GumbelQuantizer
+from hf_paramgen.layout.chunking import chunk, chunk_positions, unchunk
+from hf_paramgen.models.configuration_param_tokenizer import NUM_KINDS, ParamTokenizerConfig
+from hf_paramgen.layout.param_layout import KINDS, LayoutError, ParamLayout
+from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer, register
+from hf_paramgen.models.quantizer import EMACodebook, GumbelQuantizer
 
 TINY = dict(chunk_size=8, hidden_size=32, num_layers=2, codebook_size=16, codebook_dim=4, num_quantizers=2,
             codes_per_chunk=2, max_tensors=8, max_chunks_per_tensor=32)

@@ -11,15 +11,15 @@ import torch
 from torch import nn
 
 import hf_paramgen  # noqa: F401  (registers the task)
-from hf_paramgen.architectures import ZooNet
-from hf_paramgen.configuration_param_prior import ParamPriorConfig
+from hf_paramgen.research.architectures import ZooNet
+from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
 from hf_paramgen.conditioning import SampleEncoder
-from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
-from hf_paramgen.generation import GenerationError
-from hf_paramgen.layout import LayoutError, ParamLayout
-from hf_paramgen.modeling_param_prior import ParamPriorForCausalLM
-from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
-from hf_paramgen.pipeline_parameter_generation import ParameterGenerationPipeline
+from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
+from hf_paramgen.generation.generator import GenerationError
+from hf_paramgen.layout.param_layout import LayoutError, ParamLayout
+from hf_paramgen.models.modeling_param_prior import ParamPriorForCausalLM
+from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
+from hf_paramgen.generation.pipeline_parameter_generation import ParameterGenerationPipeline
 from transformers import pipeline
 
 TINY_DECODER = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
@@ -91,7 +91,7 @@ def test_labelled_texts_condition_a_lora_head_adapter(tmp_path):
     from peft import LoraConfig, PeftModel
 
     folder = make_generator(tmp_path / "gen")
-    SampleEncoder.for_dataset("text", dim=8).save_pretrained(folder / "sample_encoders" / "text")
+    SampleEncoder.for_texts(8).save_pretrained(folder / "sample_encoders" / "text")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "sample_encoders": ["blobs", "text"]}))
     pipe = pipeline("parameter-generation", model=str(folder))
@@ -140,7 +140,7 @@ def test_layout_target_with_state_dict_output_gives_no_model(pipe):
 
 
 def test_pipeline_matches_param_generator_on_a_folder_it_saved(tmp_path):
-    from hf_paramgen.generation import ParamGenerator
+    from hf_paramgen.generation.generator import ParamGenerator
 
     source = ParamGenerator.from_pretrained(make_generator(tmp_path / "made"))
     source.save_pretrained(tmp_path / "saved")
@@ -219,7 +219,7 @@ def test_bad_inputs_raise_clear_errors(pipe):
 def test_lora_base_different_from_the_adapter_corpus_base_is_refused(tmp_path):
     from peft import LoraConfig
 
-    from hf_paramgen.adapters import AdapterBaseMismatchError, lora_layout
+    from hf_paramgen.adapters.lora import AdapterBaseMismatchError, lora_layout
 
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))

@@ -8,16 +8,18 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from hf_paramgen.architectures import build_model
+from hf_paramgen.research.architectures import build_model
 from hf_paramgen.conditioning import HashingTextEncoder, InstructionEncoders, SampleEncoder
-from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
-from hf_paramgen.corpus import build_corpus
-from hf_paramgen.data import Task
-from hf_paramgen.generation import ParamGenerator
-from hf_paramgen.layout import ParamLayout
-from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
-from hf_paramgen.prior_training import build_prior_dataset, cli_train_prior, train_prior, work_dir
-from hf_paramgen.training import TrainingConfig
+from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
+from hf_paramgen.data.corpus import build_corpus
+from hf_paramgen.research.generate import generate_for_task
+from hf_paramgen.research.samples import ZooSamples
+from hf_paramgen.research.tasks import Task
+from hf_paramgen.generation.generator import ParamGenerator
+from hf_paramgen.layout.param_layout import ParamLayout
+from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
+from hf_paramgen.training.prior import build_prior_dataset, cli_train_prior, train_prior, work_dir
+from hf_paramgen.training.loop import TrainingConfig
 
 TINY_DECODER = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                 "num_attention_heads": 2, "num_key_value_heads": 2}
@@ -49,7 +51,8 @@ def setup(tmp_path_factory):
 def test_dataset_rows_hold_codes_structure_and_conditions_of_train_models_only(setup):
     _, corpus, tok = setup
     enc = InstructionEncoders(text=HashingTextEncoder(dim=32))
-    ds = build_prior_dataset(corpus, tok, enc, sample_encoders={"digits": SampleEncoder(64, dim=32)})
+    ds = build_prior_dataset(corpus, tok, enc, sample_encoders={"digits": SampleEncoder(64, dim=32)},
+                             samples=ZooSamples(("digits",)))
     assert ds["model_id"] == ["ckpt0", "ckpt1", "ckpt2"] and set(ds["split"]) == {"train"}
     row = ds.with_format("torch")[0]
     weights = corpus["models"][0]
@@ -69,7 +72,7 @@ def test_train_prior_trains_and_saves_a_loadable_generator(setup):
                         save_every=100, eval_every=1, eval_batches=1)
     overrides = {"transformer": TINY_DECODER, "max_position_embeddings": 96, "max_condition_tokens": 8}
     gen = train_prior(corpus, str(root / "tok"), str(out), overrides, tc, text_encoder="hashing:32",
-                      sample_datasets=("digits",))
+                      samples=ZooSamples(("digits",)))
     log = [json.loads(line) for line in (work_dir(out) / "training" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r][-1] == 3 and all(r["loss"] > 0 for r in log if "loss" in r)
     assert any("eval_loss" in r for r in log)  # the validation split is monitored
@@ -80,7 +83,7 @@ def test_train_prior_trains_and_saves_a_loadable_generator(setup):
     for k, v in gen.prior.state_dict().items():
         assert torch.equal(v, loaded.prior.state_dict()[k])
     task = Task.make("digits", (9, 8, 7, 6))
-    result = loaded.generate_for_task(task, "mlp-64-32", num_samples=2, seed=0)
+    result = generate_for_task(loaded, task, "mlp-64-32", num_samples=2, seed=0)
     assert len(result.scores) == 2 and result.model is not None
 
 

@@ -14,16 +14,11 @@ import torch
 from datasets import Dataset, DatasetDict, Features, List, Value
 from torch import nn
 
-from hf_paramgen.chunking import chunk
-from hf_paramgen.layout import ParamLayout
-from hf_paramgen.training import (
-    TokenizerCollator,
-    TrainingConfig,
-    augment_chunks,
-    cli_train_tokenizer,
-    split_rows,
-    train,
-)
+from hf_paramgen.layout.chunking import chunk
+from hf_paramgen.layout.param_layout import ParamLayout
+from hf_paramgen.data.collate import TokenizerCollator, augment_chunks, split_rows
+from hf_paramgen.training.loop import TrainingConfig, train
+from hf_paramgen.training.tokenizer import cli_train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 8
@@ -89,7 +84,7 @@ def test_collator_normalises_by_scale_and_masks_padding(tmp_path):
 def test_tiny_run_saves_loadable_checkpoint_and_logs_scalars(tmp_path):
     from transformers import AutoModel
 
-    from hf_paramgen.modeling_param_tokenizer import ParamTokenizer, register
+    from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer, register
 
     corpus, out = make_corpus(tmp_path / "corpus"), tmp_path / "run"
     assert cli_train_tokenizer(tiny_args(corpus, out, "--max_steps", "4")) == 0
@@ -152,7 +147,7 @@ def test_train_runs_a_generic_model_with_gradient_accumulation(tmp_path):
 def test_keep_best_saves_the_model_with_the_lowest_validation_loss_not_the_last(tmp_path):
     from transformers.utils import ModelOutput
 
-    from hf_paramgen.training import best_model_dir
+    from hf_paramgen.training.loop import best_model_dir
 
     class Slope(nn.Module):  # y = w x; trained towards w = 2, validated on w = 1: validation loss falls, then rises
         def __init__(self):
@@ -201,9 +196,9 @@ def test_two_real_cpu_processes_take_part(tmp_path):
 def test_encode_corpus_rows_give_exactly_the_codes_encode_gives_per_network(tmp_path, chunk_size):
     from datasets import load_from_disk
 
-    from hf_paramgen.configuration_param_tokenizer import ParamTokenizerConfig
-    from hf_paramgen.encoding import cli_encode_corpus, encode_corpus
-    from hf_paramgen.modeling_param_tokenizer import ParamTokenizer
+    from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
+    from hf_paramgen.data.encoding import cli_encode_corpus, encode_corpus
+    from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
 
     corpus_path = make_corpus(tmp_path / "corpus", num_train=2, num_val=1)
     torch.manual_seed(0)

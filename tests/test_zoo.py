@@ -10,9 +10,9 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from hf_paramgen.architectures import ZooNet, build_model
-from hf_paramgen.data import Task, load_task_split
-from hf_paramgen.zoo import (
+from hf_paramgen.research.architectures import ZooNet, build_model
+from hf_paramgen.research.tasks import Task, load_task_split
+from hf_paramgen.research.zoo import (
     HELDOUT_ARCHITECTURES,
     build_zoo,
     cli_build_zoo,

@@ -1,0 +1,173 @@
+"""Batch builders for the training loop: `PriorCollator` (conditions + codes -> prior batches) and
+`TokenizerCollator` (corpus chunk rows -> ParamTokenizer batches).
+
+The batch format is documented in `hf_paramgen.models.modeling_param_prior` (module docstring).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.configuration_param_prior import ParamPriorConfig
+from ..models.modeling_param_prior import NUM_STRUCTURE_FIELDS, structure_for_layout
+
+
+def _tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+class PriorCollator:
+    """Rows -> a `ParamPriorForCausalLM` training batch.
+
+    Each row is a dict with
+      * ``codes``: (T,) or (N, l) ints in [0, codebook_size), in chunk order;
+      * ``condition_embeds`` (n_cond, d) and ``condition_types`` (n_cond,) (see `encode_instruction`);
+      * ``code_structure`` (T, 5), or ``architecture``: a name in ``config.layouts`` (the structure is then
+        computed with ``config.chunk_size`` / ``config.aggregation`` and cached).
+
+    Rows with more codes than ``max_codes`` are cropped to a random window ``codes[a:a+max_codes]``
+    (structure rows kept absolute), the way block-wise generation continues a network.
+
+    Args:
+        config: the prior's config (special ids, vocabulary, layouts, context).
+        max_codes: crop length (default: ``config.max_block_codes``).
+        seed: seed of the crop positions.
+    """
+
+    def __init__(self, config: ParamPriorConfig, max_codes: int | None = None, seed: int = 0):
+        self.config = config
+        self.max_codes = max_codes or config.max_block_codes
+        self.generator = torch.Generator().manual_seed(seed)
+        self._structures: dict[str, torch.Tensor] = {}
+
+    def _structure(self, row: dict, num_codes: int) -> torch.Tensor:
+        if row.get("code_structure") is not None:
+            structure = _tensor(row["code_structure"], torch.long)
+        else:
+            name = row.get("architecture")
+            if name is None:
+                raise KeyError("A row needs 'code_structure' or an 'architecture' name from config.layouts.")
+            if name not in self._structures:
+                if self.config.chunk_size is None:
+                    raise ValueError("config.chunk_size is unset: cannot compute code_structure from a layout.")
+                layout = self.config.get_layout(name)
+                self._structures[name] = structure_for_layout(
+                    layout, self.config.chunk_size, self.config.codes_per_chunk, self.config.aggregation
+                )
+            structure = self._structures[name]
+        if structure.shape != (num_codes, NUM_STRUCTURE_FIELDS):
+            raise ValueError(f"code_structure has shape {tuple(structure.shape)}, the row's codes need "
+                             f"({num_codes}, {NUM_STRUCTURE_FIELDS}) (a corpus encoded by an older version? rebuild it).")
+        return structure
+
+    def _row(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids (1+m,), code_structure (1+m, 5)) of one row, cropped to `max_codes` codes."""
+        codes = _tensor(row["codes"], torch.long).reshape(-1)
+        structure = self._structure(row, codes.shape[0])
+        if codes.shape[0] > self.max_codes:
+            start = int(torch.randint(0, codes.shape[0] - self.max_codes + 1, (1,), generator=self.generator))
+            codes, structure = codes[start : start + self.max_codes], structure[start : start + self.max_codes]
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), got [{int(codes.min())}, {int(codes.max())}].")
+        ids = torch.cat([torch.tensor([self.config.bos_token_id]), codes + self.config.code_offset])
+        return ids, torch.cat([structure, structure.new_zeros(1, NUM_STRUCTURE_FIELDS)])  # row p = code p; last row unused
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("PriorCollator got an empty list of rows.")
+        seqs = [self._row(r) for r in rows]
+        conds = [_tensor(r["condition_embeds"], torch.float32) for r in rows]
+        types = [_tensor(r["condition_types"], torch.long).reshape(-1) for r in rows]
+        b, length, n_max = len(rows), max(s[0].shape[0] for s in seqs), max(c.shape[0] for c in conds)
+        dims = {c.shape[-1] for c in conds}
+        if len(dims) != 1 or any(c.ndim != 2 for c in conds):
+            raise ValueError(f"condition_embeds must all be (n_cond, d) with one d, got shapes {[tuple(c.shape) for c in conds]}.")
+        batch = {
+            "input_ids": torch.full((b, length), self.config.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros(b, length, dtype=torch.long),
+            "code_structure": torch.zeros(b, length, NUM_STRUCTURE_FIELDS, dtype=torch.long),
+            "condition_embeds": torch.zeros(b, n_max, dims.pop()),
+            "condition_types": torch.zeros(b, n_max, dtype=torch.long),
+            "condition_mask": torch.zeros(b, n_max, dtype=torch.long),
+        }
+        for i, ((ids, structure), cond, typ) in enumerate(zip(seqs, conds, types)):
+            if typ.shape[0] != cond.shape[0]:
+                raise ValueError(f"row {i}: {cond.shape[0]} condition vectors but {typ.shape[0]} condition types.")
+            batch["input_ids"][i, : ids.shape[0]] = ids
+            batch["attention_mask"][i, : ids.shape[0]] = 1
+            batch["code_structure"][i, : ids.shape[0]] = structure
+            batch["condition_embeds"][i, : cond.shape[0]] = cond
+            batch["condition_types"][i, : cond.shape[0]] = typ
+            batch["condition_mask"][i, : cond.shape[0]] = 1
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        labels[:, 0] = -100  # BOS is never a target
+        batch["labels"] = labels
+        return batch
+
+
+# ------------------------------------------------------------------------------- ParamTokenizer batches
+TOKENIZER_COLUMNS = ["chunk", "scale", "num_valid", "tensor_index", "chunk_in_tensor", "kind_id"]
+
+
+def tokenizer_inputs(columns: dict, chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Columns of chunk rows -> `chunks` (B*m, c) normalised by `scale` (padding zeroed), `chunk_mask`, `chunk_position`.
+
+    A corpus row of L weights is cut into m = L / `chunk_size` tokenizer chunks (layer aggregation:
+    row j of a tensor holds its chunks j*m ... j*m + m - 1), so one corpus (e.g. built with 64-weight
+    rows) serves tokenizers of any chunk size that divides L. Sub-chunks past `num_valid` are all padding.
+    """
+    chunks = np.asarray(np.stack(columns["chunk"]) if isinstance(columns["chunk"], list) else columns["chunk"],
+                        dtype=np.float32)  # (B, L)
+    length = chunks.shape[1]
+    c = chunk_size or length
+    if length % c:
+        raise ValueError(f"corpus chunks hold {length} weights, not a multiple of the tokenizer's chunk_size={c}.")
+    m = length // c
+    scale = np.asarray(columns["scale"], dtype=np.float32)[:, None]  # (B, 1)
+    num_valid = np.asarray(columns["num_valid"], dtype=np.int64)  # (B,)
+    position = np.stack([np.asarray(columns[k], dtype=np.int64) for k in ("tensor_index", "chunk_in_tensor", "kind_id")],
+                        axis=1)  # (B, 3)
+    mask = np.arange(length)[None, :] < num_valid[:, None]  # (B, L)
+    position = np.repeat(position, m, axis=0)  # (B*m, 3)
+    position[:, 1] = position[:, 1] * m + np.tile(np.arange(m), len(num_valid))
+    return {"chunks": torch.from_numpy((chunks * scale * mask).reshape(-1, c)),
+            "chunk_mask": torch.from_numpy(mask.reshape(-1, c)), "chunk_position": torch.from_numpy(position)}
+
+
+def augment_chunks(inputs: dict[str, torch.Tensor], sign_flip: bool = True, scale_jitter: float = 0.0) -> dict:
+    """Random per-chunk sign flips and log-uniform rescaling by up to `1 + scale_jitter` (padding stays 0).
+
+    Both keep a chunk a plausible weight chunk (weight distributions are symmetric; layers differ in
+    scale), so the tokenizer sees more of weight space than a small zoo holds.
+    """
+    chunks = inputs["chunks"]  # (B, C)
+    factor = torch.ones(chunks.shape[0], 1)
+    if sign_flip:
+        factor = factor * (torch.randint(0, 2, factor.shape) * 2 - 1)
+    if scale_jitter > 0:
+        factor = factor * torch.exp((torch.rand(factor.shape) * 2 - 1) * math.log1p(scale_jitter))
+    return {**inputs, "chunks": chunks * factor}
+
+
+class TokenizerCollator:
+    """Chunk rows (dicts) -> the `ParamTokenizer.forward` inputs of `tokenizer_inputs`, optionally augmented."""
+
+    def __init__(self, chunk_size: int | None = None, sign_flip: bool = False, scale_jitter: float = 0.0):
+        self.chunk_size, self.sign_flip, self.scale_jitter = chunk_size, sign_flip, scale_jitter
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        inputs = tokenizer_inputs({k: [r[k] for r in rows] for k in TOKENIZER_COLUMNS}, self.chunk_size)
+        if self.sign_flip or self.scale_jitter:
+            inputs = augment_chunks(inputs, self.sign_flip, self.scale_jitter)
+        return inputs
+
+
+def split_rows(chunks_table, split: str):
+    """Rows of the `chunks` table whose `split` column equals `split`, formatted for `TokenizerCollator`."""
+    rows = chunks_table.filter(lambda s: [x == split for x in s], input_columns="split", batched=True,
+                               batch_size=100_000)
+    return rows.with_format("numpy", columns=TOKENIZER_COLUMNS)

@@ -1,0 +1,214 @@
+"""`ParamPriorConfig`: the autoregressive prior over ParamTokenizer codes.
+
+Vocabulary: `num_special_tokens` special ids first (`bos_token_id`, `pad_token_id`), then the
+`codebook_size` codes at `code_offset = num_special_tokens`. The decoder is a **stock transformers
+decoder** (Llama or GPT-2) described by a plain config dict (`transformer`, with its `model_type`); the
+prior builds it with `AutoModel.from_config` and feeds it `inputs_embeds`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import AutoConfig, PreTrainedConfig
+
+NUM_KINDS = 13  # len(hf_paramgen.layout.param_layout.KINDS); literal so this file loads as Hub remote code alone
+AGGREGATIONS: tuple[str, ...] = ("layer", "architecture")
+DEFAULT_DECODER: dict = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-6,
+    "attention_dropout": 0.0,
+}
+# keys of `transformer` the prior sets itself (they follow from the prior's own fields)
+_MANAGED_KEYS = ("vocab_size", "max_position_embeddings", "n_positions", "bos_token_id", "pad_token_id",
+                 "eos_token_id", "tie_word_embeddings")
+
+
+class ParamPriorConfig(PreTrainedConfig):
+    """Configuration of a `ParamPriorForCausalLM`.
+
+    Sequence fed to the decoder: `[condition prefix (n_cond)] [BOS] [code_0 ... code_{T-1}]`.
+    The context `max_position_embeddings` counts all of it; networks with more codes than fit are
+    generated block by block (each block: prefix, BOS, the last `block_window` codes of the
+    previous block, new codes).
+
+    Structure tables: every code token carries `(tensor_index, chunk_in_tensor, kind_id, slot)`;
+    indices beyond a table (`max_tensors`, `max_chunks_per_tensor`) are **clipped** to its last
+    row, so longer networks still run but share that row.
+
+    Args:
+        codebook_size: codes per ParamTokenizer codebook (K).
+        codes_per_chunk: codes per chunk (l) = the ParamTokenizer's `tokens_per_chunk`.
+        num_special_tokens: ids below `code_offset`; must hold `bos_token_id` and `pad_token_id`.
+        bos_token_id / pad_token_id: special ids.
+        condition_dim: width of the condition vectors (`ConditionEncoder.dim`).
+        max_condition_tokens: most condition tokens one instruction may bring.
+        num_condition_types: rows of the condition-type table (0 text, 1 architecture, 2+i class i).
+        num_kinds / max_tensors / max_chunks_per_tensor: structure table sizes (see above).
+        transformer: transformers config dict of the decoder (needs `model_type`; default a small Llama).
+        max_position_embeddings: context length (prefix + BOS + codes).
+        block_window: codes of the previous block kept as context in block-wise generation
+            (default: half of a block).
+        chunk_size / aggregation: chunking the codes were made with (defaults for `generate_codes`).
+        param_tokenizer_repo_id / param_tokenizer_revision / param_tokenizer_subfolder: where the
+            matching ParamTokenizer lives.
+        layouts: architecture name -> `ParamLayout.to_json()` of the architectures it was trained on.
+        initializer_range: std of the normal init of the prior's own layers.
+        condition_injection: also add the instruction to every code token (and each class's prototype to
+            the head tokens of that class), not only as a prefix (see `modeling_param_prior`).
+    """
+
+    model_type = "param_prior"
+
+    def __init__(
+        self,
+        codebook_size: int = 256,
+        codes_per_chunk: int = 1,
+        num_special_tokens: int = 2,
+        bos_token_id: int = 0,
+        pad_token_id: int = 1,
+        condition_dim: int = 384,
+        max_condition_tokens: int = 34,
+        num_condition_types: int = 34,
+        num_kinds: int = NUM_KINDS,
+        max_tensors: int = 64,
+        max_chunks_per_tensor: int = 4096,
+        transformer: dict | None = None,
+        max_position_embeddings: int = 1024,
+        block_window: int | None = None,
+        chunk_size: int | None = None,
+        aggregation: str = "layer",
+        param_tokenizer_repo_id: str | None = None,
+        param_tokenizer_revision: str | None = None,
+        param_tokenizer_subfolder: str | None = None,
+        layouts: dict[str, str] | None = None,
+        initializer_range: float = 0.02,
+        condition_injection: bool = True,
+        **kwargs,
+    ):
+        self.codebook_size = codebook_size
+        self.codes_per_chunk = codes_per_chunk
+        self.num_special_tokens = num_special_tokens
+        self.bos_token_id = bos_token_id
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = None  # a network has a known number of codes: never stop early
+        self.condition_dim = condition_dim
+        self.max_condition_tokens = max_condition_tokens
+        self.num_condition_types = num_condition_types
+        self.num_kinds = num_kinds
+        self.max_tensors = max_tensors
+        self.max_chunks_per_tensor = max_chunks_per_tensor
+        self.transformer = dict(copy.deepcopy(transformer) if transformer is not None else DEFAULT_DECODER)
+        self.max_position_embeddings = max_position_embeddings
+        self.block_window = block_window
+        self.chunk_size = chunk_size
+        self.aggregation = aggregation
+        self.param_tokenizer_repo_id = param_tokenizer_repo_id
+        self.param_tokenizer_revision = param_tokenizer_revision
+        self.param_tokenizer_subfolder = param_tokenizer_subfolder
+        self.layouts = dict(layouts or {})
+        self.initializer_range = initializer_range
+        self.condition_injection = bool(condition_injection)
+        kwargs.pop("tie_word_embeddings", None)
+        super().__init__(**kwargs)
+        self.tie_word_embeddings = False
+        self._validate()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As `PreTrainedConfig.from_dict`; a saved config without `condition_injection` predates it: prefix only."""
+        if "condition_injection" not in config_dict and "condition_injection" not in kwargs:
+            config_dict = {**config_dict, "condition_injection": False}
+        return super().from_dict(config_dict, **kwargs)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def code_offset(self) -> int:
+        """Input id of code 0."""
+        return self.num_special_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        """Special tokens + codes."""
+        return self.num_special_tokens + self.codebook_size
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.decoder_config().hidden_size)
+
+    @property
+    def max_block_codes(self) -> int:
+        """Codes one block can hold with a full condition prefix: context - max_condition_tokens - 1."""
+        return self.max_position_embeddings - self.max_condition_tokens - 1
+
+    def decoder_config(self) -> PreTrainedConfig:
+        """The transformers config of the decoder, with vocabulary and context set by this config."""
+        kwargs = {k: v for k, v in self.transformer.items() if k not in _MANAGED_KEYS and k != "model_type"}
+        config = AutoConfig.for_model(self.transformer["model_type"], **kwargs)
+        config.vocab_size = self.vocab_size
+        config.max_position_embeddings = self.max_position_embeddings  # GPT-2 maps this to n_positions
+        config.bos_token_id, config.pad_token_id, config.eos_token_id = self.bos_token_id, self.pad_token_id, None
+        config.tie_word_embeddings = False
+        return config
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The decoder's config: what generation utilities (e.g. `DynamicCache`) size the cache from."""
+        return self.decoder_config()
+
+    def get_layout(self, name: str):
+        """The `ParamLayout` stored under `name` in `layouts`."""
+        from ..layout.param_layout import ParamLayout
+
+        if name not in self.layouts:
+            raise KeyError(f"No layout named {name!r} in this prior; it knows {sorted(self.layouts)}.")
+        value = self.layouts[name]
+        return ParamLayout.from_json(value) if isinstance(value, str) else ParamLayout.from_dict(value)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        positive = ("codebook_size", "codes_per_chunk", "num_special_tokens", "condition_dim", "max_condition_tokens",
+                    "num_condition_types", "num_kinds", "max_tensors", "max_chunks_per_tensor",
+                    "max_position_embeddings")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ParamPriorConfig.{name} must be a positive int, got {value!r}.")
+        if self.codebook_size < 2:
+            raise ValueError(f"ParamPriorConfig.codebook_size must be >= 2, got {self.codebook_size}.")
+        for name in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < self.num_special_tokens:
+                raise ValueError(
+                    f"ParamPriorConfig.{name} must be a special id in [0, num_special_tokens={self.num_special_tokens}), "
+                    f"got {value!r}."
+                )
+        if self.bos_token_id == self.pad_token_id:
+            raise ValueError(f"bos_token_id and pad_token_id must differ, both are {self.bos_token_id}.")
+        if self.num_condition_types < 2:
+            raise ValueError(f"num_condition_types must be >= 2 (text, architecture), got {self.num_condition_types}.")
+        if self.max_block_codes < 2:
+            raise ValueError(
+                f"max_position_embeddings={self.max_position_embeddings} leaves {self.max_block_codes} codes per block "
+                f"after max_condition_tokens={self.max_condition_tokens} + BOS; need at least 2."
+            )
+        if self.block_window is not None and not 0 <= self.block_window < self.max_block_codes:
+            raise ValueError(
+                f"block_window must lie in [0, max_block_codes={self.max_block_codes}), got {self.block_window}."
+            )
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"ParamPriorConfig.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
+        if not isinstance(self.transformer, dict) or "model_type" not in self.transformer:
+            raise ValueError(
+                f"ParamPriorConfig.transformer must be a config dict with a 'model_type', got {self.transformer!r}."
+            )
+        vocab = self.transformer.get("vocab_size", self.vocab_size)
+        if vocab != self.vocab_size:
+            raise ValueError(
+                f"transformer['vocab_size']={vocab} disagrees with the prior's vocabulary {self.vocab_size} "
+                "(num_special_tokens + codebook_size); leave it out of `transformer`."
+            )

@@ -1,0 +1,467 @@
+"""`ParamPriorForCausalLM`: a decoder-only prior over ParamTokenizer codes, conditioned by a prefix.
+
+The decoder is a stock transformers model (`AutoModel.from_config(config.decoder_config())`, e.g.
+`LlamaModel` or `GPT2Model`) fed with `inputs_embeds`:
+
+    prefix   = proj(condition_embeds) + type_embed(condition_types)            (b, n_cond, h)
+    tokens   = token_embed(input_ids) + structure_embed(code_structure)        (b, q, h)
+             + token_condition(mean of proj(condition_embeds))                 (condition_injection)
+             + class_condition(proj(prototype of the token's class))           (head tokens only)
+    decoder([prefix; tokens]) -> lm_head -> logits over the vocabulary (specials are never predicted)
+
+With `config.condition_injection` (default) every code token also sees the instruction directly, not
+only through attention to the prefix, and a token of the classifier head (structure field
+`class_slot` = 1 + i) sees the projected prototype of class i: the condition decides the head rows
+class by class, which is what lets a generated head follow a new label order (DESIGN.md section 1).
+
+`input_ids` never contain the prefix: they are `[BOS, code_0 + code_offset, ...]`. Row `p` of
+`code_structure` describes the code **predicted** at position `p` (the target), i.e. code `p`:
+`(tensor_index, chunk_in_tensor, kind_id, slot, class_slot)`, so the prior always knows where in the network
+the next code lies, also in block-wise generation where positions in the decoder are relative.
+
+How the training collator builds a batch (`hf_paramgen.data.collate.PriorCollator` does this):
+
+* ``condition_embeds`` (b, n_max, d) float: each row's condition vectors, right-padded with zeros;
+  ``condition_types`` (b, n_max) long (0 text, 1 architecture, 2+i class i; 0 on padding);
+  ``condition_mask`` (b, n_max) long, 0 on padding. Padded prefix slots are masked out and skipped
+  by the position ids, so a row's result does not depend on its batch mates.
+* ``input_ids`` (b, 1+T_max): ``[BOS] + codes_to_input_ids(codes)``, right-padded with ``pad_token_id``;
+  ``attention_mask`` (b, 1+T_max): 1 on real tokens.
+* ``code_structure`` (b, 1+T_max, 5): ``structure_for_layout(...)`` of the row's network (row p =
+  code p), one pad row (zeros) appended and right-padded with zeros.
+* ``labels`` (b, 1+T_max): ``input_ids`` with -100 on BOS and padding (shifted inside `forward`).
+* Networks longer than a block: crop a random window of ``codes[a:a+m]`` (structure rows ``a:a+m``
+  kept absolute), as block-wise generation sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..hub.remote_code import RemoteCodeMixin
+from ..layout.chunking import chunk_positions
+from .configuration_param_prior import ParamPriorConfig
+
+STRUCTURE_FIELDS: tuple[str, ...] = ("tensor_index", "chunk_in_tensor", "kind_id", "slot", "class_slot")
+NUM_STRUCTURE_FIELDS = len(STRUCTURE_FIELDS)
+
+
+def head_tensors(layout) -> list[int]:
+    """Indices of the classifier head's tensors: the last `linear.weight` and the `linear.bias` right after it.
+
+    Row i of these tensors is output unit i, i.e. class i of the task. A layout may name its head in
+    `metadata["head"]` instead (LoRA layouts: the `lora_B` of the base's output layer); adapters that do
+    not touch the output layer have no head.
+    """
+    specs = layout.specs
+    if "head" in layout.metadata:
+        names = set(layout.metadata["head"] or [])
+        return [i for i, s in enumerate(specs) if s.name in names]
+    weights = [i for i, s in enumerate(specs) if s.kind == "linear.weight" and not s.is_buffer and len(s.shape) == 2]
+    if not weights:
+        return []
+    w = weights[-1]
+    head = [w]
+    if w + 1 < len(specs) and specs[w + 1].kind == "linear.bias" and tuple(specs[w + 1].shape) == (specs[w].shape[0],):
+        head.append(w + 1)
+    return head
+
+
+def class_slots(layout, chunk_size: int, aggregation: str = "layer", position: torch.Tensor | None = None) -> torch.Tensor:
+    """LongTensor (N,): 1 + the output unit (class) a chunk's first weight belongs to in the head, 0 elsewhere.
+
+    `position`: the layout's `chunk_positions` (N, 3) when the caller already has them.
+    """
+    if position is None:
+        position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
+    out = torch.zeros(position.shape[0], dtype=torch.long)
+    for t in head_tensors(layout):
+        spec = layout.specs[t]
+        rows = position[:, 0] == t
+        if aggregation == "layer":
+            local = position[rows, 1] * chunk_size
+        else:  # chunk index is global: offset of the chunk's first weight inside tensor t
+            local = position[rows, 1] * chunk_size - spec.offset
+        out[rows] = 1 + local.clamp(min=0) // max(1, spec.numel // spec.shape[0])
+    return out
+
+
+def structure_for_layout(layout, chunk_size: int, codes_per_chunk: int, aggregation: str = "layer") -> torch.Tensor:
+    """Per-code structure of a network: LongTensor (N*l, 5) of `STRUCTURE_FIELDS`, in code order.
+
+    Each chunk's `(tensor_index, chunk_in_tensor, kind_id)` from `chunk_positions` is repeated over
+    its `codes_per_chunk` slots; the 4th column is the slot, the 5th the chunk's `class_slots` entry
+    (1 + class index inside the classifier head, 0 elsewhere). Values are not clipped here.
+    """
+    if not isinstance(codes_per_chunk, int) or codes_per_chunk <= 0:
+        raise ValueError(f"codes_per_chunk must be a positive int, got {codes_per_chunk!r}.")
+    position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
+    slots = torch.arange(codes_per_chunk).repeat(position.shape[0])  # (N*l,)
+    classes = class_slots(layout, chunk_size, aggregation, position)  # (N,)
+    per_code = lambda x: x.repeat_interleave(codes_per_chunk, dim=0)  # noqa: E731  chunk rows -> code rows
+    return torch.cat([per_code(position), slots[:, None], per_code(classes)[:, None]], dim=1)
+
+
+class CodeStructureEmbedding(nn.Module):
+    """Sum of four embeddings of `code_structure` (..., 5) (its first four fields); indices clipped to each table's last row."""
+
+    def __init__(self, config: ParamPriorConfig, hidden_size: int):
+        super().__init__()
+        self.tensor = nn.Embedding(config.max_tensors, hidden_size)
+        self.chunk = nn.Embedding(config.max_chunks_per_tensor, hidden_size)
+        self.kind = nn.Embedding(config.num_kinds, hidden_size)
+        self.slot = nn.Embedding(config.codes_per_chunk, hidden_size)
+
+    def forward(self, code_structure: torch.Tensor) -> torch.Tensor:  # (b, q, 5) -> (b, q, h); class_slot unused here
+        tables = (self.tensor, self.chunk, self.kind, self.slot)
+        return sum(t(code_structure[..., i].clamp(0, t.num_embeddings - 1)) for i, t in enumerate(tables))
+
+
+class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
+    """Autoregressive prior p(code_i | code_<i, condition) on a stock transformers decoder."""
+
+    remote_auto_map = {"AutoConfig": "configuration_param_prior.ParamPriorConfig",
+                       "AutoModelForCausalLM": "modeling_param_prior.ParamPriorForCausalLM"}
+
+    config_class = ParamPriorConfig
+    base_model_prefix = "prior"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: ParamPriorConfig):
+        super().__init__(config)
+        self.decoder = AutoModel.from_config(config.decoder_config())
+        hidden = int(self.decoder.config.hidden_size)
+        self.condition_proj = nn.Sequential(nn.LayerNorm(config.condition_dim), nn.Linear(config.condition_dim, hidden))
+        self.condition_type_embed = nn.Embedding(config.num_condition_types, hidden)
+        self.structure_embed = CodeStructureEmbedding(config, hidden)
+        self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        if config.condition_injection:
+            self.token_condition = nn.Linear(hidden, hidden)
+            self.class_condition = nn.Linear(hidden, hidden)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """N(0, initializer_range) for the prior's own Linear/Embedding layers; lm_head scaled down by sqrt(2*layers)."""
+        from transformers import initialization as init
+
+        std = self.config.initializer_range
+        if module is self.lm_head:
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.decoder.config.num_hidden_layers))
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.decoder.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    # ------------------------------------------------------------------ ids <-> codes
+    def codes_to_input_ids(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes in [0, codebook_size) (any shape) -> input ids (same shape), `codes + code_offset`."""
+        codes = torch.as_tensor(codes)
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}.")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, codebook_size={self.config.codebook_size}), got values in "
+                f"[{int(codes.min())}, {int(codes.max())}]."
+            )
+        return codes.long() + self.config.code_offset
+
+    def input_ids_to_codes(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Inverse of `codes_to_input_ids`; raises if any id is a special token."""
+        input_ids = torch.as_tensor(input_ids)
+        lo, hi = self.config.code_offset, self.config.vocab_size
+        bad = (input_ids < lo) | (input_ids >= hi)
+        if bad.any():
+            raise ValueError(
+                f"input_ids hold {int(bad.sum())} non-code ids (e.g. {input_ids[bad][:5].tolist()}); "
+                f"code ids lie in [{lo}, {hi})."
+            )
+        return input_ids.long() - lo
+
+    # ------------------------------------------------------------------ forward
+    def _prefix(self, condition_embeds: torch.Tensor, condition_types: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = condition_embeds.shape
+        if d != self.config.condition_dim:
+            raise ValueError(f"condition_embeds have width {d}, this prior expects condition_dim={self.config.condition_dim}.")
+        if n > self.config.max_condition_tokens:
+            raise ValueError(f"{n} condition tokens exceed max_condition_tokens={self.config.max_condition_tokens}.")
+        if condition_types is None:
+            condition_types = torch.zeros(b, n, dtype=torch.long, device=condition_embeds.device)
+        if condition_types.shape != (b, n):
+            raise ValueError(f"condition_types must be (b, n_cond)={(b, n)}, got {tuple(condition_types.shape)}.")
+        if n and int(condition_types.max()) >= self.config.num_condition_types:
+            raise ValueError(
+                f"condition type {int(condition_types.max())} >= num_condition_types={self.config.num_condition_types} "
+                "(too many classes for this prior?)."
+            )
+        proj = self.condition_proj(condition_embeds.to(self.lm_head.weight.dtype))
+        return proj + self.condition_type_embed(condition_types)  # (b, n, h)
+
+    def _injection(self, condition_embeds, condition_types, condition_mask, code_structure) -> torch.Tensor:
+        """What every code token adds to its embedding: (b, 1 or q, h) (see the module docstring)."""
+        b, n, _ = condition_embeds.shape
+        proj = self.condition_proj(condition_embeds.to(self.lm_head.weight.dtype))  # (b, n, h)
+        mask = condition_mask.to(proj.dtype)[..., None]  # (b, n, 1)
+        proj = proj * mask
+        out = self.token_condition(proj.sum(1) / mask.sum(1).clamp(min=1))[:, None]  # (b, 1, h)
+        if code_structure is None or code_structure.shape[-1] < NUM_STRUCTURE_FIELDS:
+            return out
+        if condition_types is None:
+            condition_types = torch.zeros(b, n, dtype=torch.long, device=proj.device)
+        h, types = proj.shape[-1], self.config.num_condition_types
+        table = proj.new_zeros(b, types, h).scatter_add_(1, condition_types[..., None].expand(-1, -1, h), proj)
+        cls = code_structure[..., 4]  # (b, q): 1 + class index in the head, 0 elsewhere
+        is_head = (cls > 0)[..., None].to(proj.dtype)
+        index = torch.where(cls > 0, (cls + 1).clamp(max=types - 1), 0)  # class i is condition type 2 + i
+        vectors = table.gather(1, index[..., None].expand(-1, -1, h))  # (b, q, h)
+        return out + self.class_condition(vectors) * is_head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        condition_embeds: torch.Tensor | None = None,
+        condition_types: torch.LongTensor | None = None,
+        condition_mask: torch.Tensor | None = None,
+        code_structure: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cache=None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        num_items_in_batch: int | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position of `input_ids` (b, q); the prefix is only fed when the cache is empty.
+
+        Args:
+            input_ids: (b, q) `[BOS, codes + code_offset ...]`, or only the new ids when `cache` holds the past.
+            condition_embeds / condition_types / condition_mask: (b, n_cond, d) / (b, n_cond) / (b, n_cond);
+                types default to 0 (text), the mask to all ones.
+            code_structure: (b, q, 5) (4 accepted: no class_slot), row p = structure of the code predicted at position p.
+            attention_mask: (b, past_ids + q) over `input_ids` only, or (b, n_cond + past_ids + q) including the prefix.
+            labels: (b, q), -100 where ignored; shifted inside (position p predicts labels[p+1]).
+            cache / past_key_values: a transformers `Cache` (`past_key_values` is the older name).
+            logits_to_keep: if > 0, logits only for the last `logits_to_keep` positions.
+            num_items_in_batch: if given, the loss is summed and divided by it (gradient accumulation).
+        """
+        kwargs.pop("return_dict", None)
+        cache = cache if cache is not None else past_key_values
+        if use_cache is None and labels is not None:
+            use_cache = False  # training: no cache to build
+        if input_ids is None or input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (b, q), got {None if input_ids is None else tuple(input_ids.shape)}.")
+        b, q = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        embeds = self.get_input_embeddings()(input_ids)  # (b, q, h)
+        if code_structure is not None:
+            if code_structure.ndim != 3 or code_structure.shape[:2] != (b, q) or code_structure.shape[2] not in (4, 5):
+                raise ValueError(
+                    f"code_structure must be (b, q, {NUM_STRUCTURE_FIELDS})={(b, q, NUM_STRUCTURE_FIELDS)}, "
+                    f"got {tuple(code_structure.shape)}."
+                )
+            embeds = embeds + self.structure_embed(code_structure)
+        n_cond = 0 if condition_embeds is None else condition_embeds.shape[1]
+        if condition_embeds is not None and condition_embeds.shape[0] != b:
+            raise ValueError(f"condition_embeds hold {condition_embeds.shape[0]} rows, input_ids {b}.")
+        if condition_mask is None:
+            condition_mask = torch.ones(b, n_cond, dtype=torch.long, device=input_ids.device)
+        if self.config.condition_injection and n_cond:
+            embeds = embeds + self._injection(condition_embeds, condition_types, condition_mask.long(), code_structure)
+        if past == 0 and n_cond:
+            embeds = torch.cat([self._prefix(condition_embeds, condition_types), embeds], dim=1)
+        mask = self._full_attention_mask(attention_mask, condition_mask.long(), past, b, q)  # (b, past + len)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
+        out = self.decoder(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = out.last_hidden_state[:, -q:]  # drop the prefix
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden).float()
+        logits[..., : self.config.code_offset] = torch.finfo(logits.dtype).min  # specials are never predicted
+        loss = None if labels is None else self._loss(logits, labels, num_items_in_batch)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=out.cache if use_cache is not False else None,
+            hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
+        )
+
+    def _full_attention_mask(self, attention_mask, condition_mask, past: int, b: int, q: int) -> torch.Tensor:
+        n_cond = condition_mask.shape[1]
+        total = past + q + (n_cond if past == 0 else 0)  # keys the decoder attends to
+        if attention_mask is None:
+            attention_mask = torch.ones(b, total - n_cond, dtype=torch.long, device=condition_mask.device)
+        attention_mask = attention_mask.long()
+        if attention_mask.shape[1] == total - n_cond:
+            attention_mask = torch.cat([condition_mask, attention_mask], dim=1)
+        if attention_mask.shape != (b, total):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (b, {total - n_cond}) over input ids "
+                f"or (b, {total}) including the {n_cond} condition tokens."
+            )
+        return attention_mask
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | None) -> torch.Tensor:
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must be (b, q)={tuple(logits.shape[:2])}, got {tuple(labels.shape)}.")
+        shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # (b*(q-1), V)
+        shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+        if num_items_in_batch is None:
+            return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum") / num_items_in_batch
+
+    # ------------------------------------------------------------------ generation
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, code_structure=None, **kwargs):
+        """Default preparation, plus the rows of `code_structure` for the ids fed at this step."""
+        inputs = super().prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length, **kwargs)
+        if code_structure is not None:
+            q, end = inputs["input_ids"].shape[1], input_ids.shape[1]
+            if code_structure.shape[1] < end:
+                raise ValueError(f"code_structure covers {code_structure.shape[1]} positions, generation reached {end}.")
+            inputs["code_structure"] = code_structure[:, end - q : end]
+        return inputs
+
+    @torch.no_grad()
+    def generate_codes(
+        self,
+        condition_embeds: torch.Tensor | None = None,
+        layout=None,
+        chunk_size: int | None = None,
+        aggregation: str | None = None,
+        num_samples: int = 1,
+        condition_types: torch.Tensor | None = None,
+        condition_mask: torch.Tensor | None = None,
+        seed: int | None = None,
+        block_window: int | None = None,
+        show_progress: bool = False,
+        return_probs: bool = False,
+        **sampling,
+    ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
+        """Sample the codes of a whole network: LongTensor (b * num_samples, N, l), instruction-major.
+
+        Args:
+            condition_embeds: (b, n_cond, d) (None: unconditional).
+            layout: the target `ParamLayout` (or a name in `config.layouts`); with `chunk_size` and `aggregation` (defaults from the config)
+                it fixes N chunks and the structure of every code.
+            num_samples: samples per instruction.
+            seed: seeds `torch.manual_seed` for this call only (global RNG state is restored).
+            block_window: codes of the previous block kept as context when the network is longer than a block.
+            return_probs: also return the distribution each code was drawn from, (b * num_samples, N, l, K)
+                float (after temperature/top-k/top-p), e.g. for `ParamTokenizer.decode_expected`.
+            **sampling: `GenerationMixin.generate` options (do_sample, top_k, top_p, temperature, ...).
+        """
+        if "num_return_sequences" in sampling:
+            raise TypeError("Pass num_samples, not num_return_sequences, to generate_codes.")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+        layout = self.config.get_layout(layout) if isinstance(layout, str) else layout
+        chunk_size = chunk_size or self.config.chunk_size
+        if layout is None or chunk_size is None:
+            raise ValueError(f"generate_codes needs a layout and a chunk_size, got {type(layout).__name__}, {chunk_size}.")
+        l = self.config.codes_per_chunk
+        structure = structure_for_layout(layout, chunk_size, l, aggregation or self.config.aggregation)
+        device = self.lm_head.weight.device
+        b = 1 if condition_embeds is None else condition_embeds.shape[0]
+        cond = {"condition_embeds": condition_embeds, "condition_types": condition_types, "condition_mask": condition_mask}
+        cond = {k: v.to(device).repeat_interleave(num_samples, dim=0) for k, v in cond.items() if v is not None}
+        rng = contextlib.nullcontext()
+        if seed is not None:
+            rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            codes, probs = self._generate_blocks(cond, structure.to(device), b * num_samples, block_window,
+                                                 show_progress, sampling, return_probs)
+        codes = codes.view(b * num_samples, -1, l)
+        if return_probs:
+            return codes, probs.view(b * num_samples, -1, l, self.config.codebook_size)
+        return codes
+
+    def _generate_blocks(self, cond: dict, structure: torch.Tensor, batch: int, window, show_progress, sampling,
+                         return_probs: bool = False):
+        """Algorithm 1 of IGPG: one block if the network fits the context, else blocks with a window."""
+        from transformers.utils.logging import tqdm
+
+        total = structure.shape[0]
+        n_cond = cond["condition_embeds"].shape[1] if "condition_embeds" in cond else 0
+        capacity = self.config.max_position_embeddings - n_cond - 1
+        if window is None:
+            window = self.config.block_window if self.config.block_window is not None else capacity // 2
+        if not 0 <= window < capacity:
+            raise ValueError(f"block_window must lie in [0, {capacity}) (codes per block), got {window}.")
+        codes = torch.empty(batch, 0, dtype=torch.long, device=structure.device)
+        probs = [] if return_probs else None
+        with tqdm(total=total, desc="codes", unit="code", disable=not show_progress) as bar:
+            while codes.shape[1] < total:
+                done = codes.shape[1]
+                w = min(window, done)
+                new = min(capacity - w, total - done)
+                block = self._generate_block(cond, codes[:, done - w :], structure[done - w : done + new], new, sampling,
+                                             return_probs)
+                if return_probs:
+                    block, block_probs = block
+                    probs.append(block_probs)
+                codes = torch.cat([codes, block], dim=1)
+                bar.update(new)
+        return codes, (torch.cat(probs, dim=1) if return_probs else None)
+
+    def _generate_block(self, cond: dict, prompt: torch.Tensor, structure: torch.Tensor, new: int, sampling: dict,
+                        return_probs: bool = False):
+        """`new` codes after `[BOS] + prompt`; `structure` (w+new, 5) holds the absolute rows of prompt and new codes.
+
+        Returns the new codes (B, new), and with `return_probs` also their distributions (B, new, K).
+        """
+        batch = prompt.shape[0]
+        bos = torch.full((batch, 1), self.config.bos_token_id, dtype=torch.long, device=prompt.device)
+        input_ids = torch.cat([bos, self.codes_to_input_ids(prompt)], dim=1)  # (B, 1+w)
+        out = self.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            code_structure=structure[None].expand(batch, -1, -1).contiguous(),
+            max_new_tokens=new,
+            min_new_tokens=None,
+            eos_token_id=None,
+            pad_token_id=self.config.pad_token_id,
+            **cond,
+            **sampling,
+            **({"output_scores": True, "return_dict_in_generate": True} if return_probs else {}),
+        )
+        if not return_probs:
+            return self.input_ids_to_codes(out[:, input_ids.shape[1] :])  # (B, new)
+        scores = torch.stack(out.scores, dim=1).float()  # (B, new, V), processed as the sampler saw them
+        probs = scores[..., self.config.code_offset :].softmax(-1)
+        return self.input_ids_to_codes(out.sequences[:, input_ids.shape[1] :]), probs
+
+
+def register() -> None:
+    """Register `param_prior` with `AutoConfig` and `AutoModelForCausalLM` (idempotent)."""
+    try:
+        AutoConfig.register(ParamPriorConfig.model_type, ParamPriorConfig)
+    except ValueError:
+        pass  # already registered
+    try:
+        AutoModelForCausalLM.register(ParamPriorConfig, ParamPriorForCausalLM)
+    except ValueError:
+        pass
+
+
