@@ -20,7 +20,7 @@ from pathlib import Path
 
 def zoo_stats(zoo_dir: Path) -> dict:
     """Counts and build time of a zoo, read from its manifest (and checkpoint cards where needed)."""
-    from hf_paramgen.data.corpus import _read_card, _zoo_sources
+    from hf_paramgen.data.checkpoints import read_card, zoo_sources
 
     manifest_file = zoo_dir / "manifest.json"
     if not manifest_file.is_file():
@@ -28,7 +28,7 @@ def zoo_stats(zoo_dir: Path) -> dict:
     manifest = json.loads(manifest_file.read_text())
     entries = manifest.get("checkpoints")
     if not (isinstance(entries, list) and all(isinstance(e, dict) and "task_id" in e for e in entries)):
-        entries = [_read_card(s.path) for s in _zoo_sources(zoo_dir)]  # no usable manifest entries: the cards
+        entries = [read_card(s.path) for s in zoo_sources(zoo_dir)]  # no usable manifest entries: the cards
     return {
         "zoo_checkpoints": len(entries),
         "zoo_tasks": len({e.get("task_id") for e in entries}),

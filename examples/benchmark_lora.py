@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hf_paramgen.research.adapter_zoo import PRESETS, _context, build_adapter_zoo
 from hf_paramgen.adapters.lora import apply_adapter, load_adapter, lora_layout
 from hf_paramgen.conditioning import make_text_encoder
+from hf_paramgen.research.adapter_zoo import PRESETS, _context, build_adapter_zoo
 
 BASES = ("mnist-mlp", "minilm")
 KEYS = ("generated", "base_only", "trained_adapter", "retrieval", "seconds_per_adapter", "seconds_to_train_adapter")
@@ -124,9 +124,9 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float, prior_second
 
 def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
     """Best-of-k generated adapter per task (picked on validation), its test accuracy and seconds per adapter."""
+    from hf_paramgen.generation.generator import ParamGenerator
     from hf_paramgen.research.adapter_zoo import text_few_shot_samples
     from hf_paramgen.research.tasks import Task, few_shot_samples
-    from hf_paramgen.generation.generator import ParamGenerator
 
     generator = ParamGenerator.from_pretrained(gen_dir)
     lora_config = zb.ctx.lora_config

@@ -22,21 +22,21 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_paramgen.research.architectures import build_model
+from hf_paramgen.data.collate import augment_chunks
 from hf_paramgen.layout.chunking import chunk
-from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
 from hf_paramgen.layout.param_layout import ParamLayout
+from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
 from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
 from hf_paramgen.models.quantizer import code_statistics
-from hf_paramgen.data.collate import augment_chunks
+from hf_paramgen.research.architectures import build_model
 from hf_paramgen.training.loop import TrainingConfig, train
 
 HELDOUT = ("validation", "heldout_task", "heldout_architecture")
@@ -114,10 +114,10 @@ def digits_zoo(small: bool) -> list[Net]:
 
 def zoo_nets(zoo_dir: str, max_per_split: int, max_train: int) -> list[Net]:
     """Networks of a zoo built by `hf_paramgen.research.zoo` (at most `max_train` train / `max_per_split` other per split)."""
+    import random
+
     from hf_paramgen.research import zoo
     from hf_paramgen.research.tasks import task_from_dict
-
-    import random
 
     manifest = zoo.load_manifest(zoo_dir)
     tasks = {t["task_id"]: t for t in manifest["tasks"]}

@@ -18,7 +18,14 @@ from peft import LoraConfig, PeftModel
 from transformers import pipeline
 
 import hf_paramgen  # noqa: F401  (registers the "parameter-generation" task)
-from hf_paramgen.research.adapter_zoo import MINILM_CLASSES, STDLIB_TOPICS, TEXT_DATASET, _context, load_zoo_base, text_few_shot_samples
+from hf_paramgen.research.adapter_zoo import (
+    MINILM_CLASSES,
+    STDLIB_TOPICS,
+    TEXT_DATASET,
+    _context,
+    load_zoo_base,
+    text_few_shot_samples,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,5 @@
 import numpy as np
 import pytest
-
-from hf_paramgen.research.samples import sample_encoder_for_dataset
 import torch
 from datasets import Dataset
 from torch import nn
@@ -17,6 +15,7 @@ from hf_paramgen.conditioning import (
     add_condition_columns,
     encode_instruction,
 )
+from hf_paramgen.research.samples import sample_encoder_for_dataset
 
 torch.set_num_threads(1)
 

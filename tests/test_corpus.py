@@ -11,26 +11,23 @@ from datasets import load_from_disk
 from huggingface_hub import DatasetCard, ModelCard, ModelCardData
 from safetensors.torch import load_file, save_file
 
+from hf_paramgen.data.checkpoints import LAYOUT_FILE, CorpusError, declared_layout, load_checkpoint
+from hf_paramgen.data.corpus import build_corpus, chunk_batch, cli_build_corpus, corpus_model_weights, load_corpus
+from hf_paramgen.layout.param_layout import ParamLayout
 from hf_paramgen.research.architectures import build_model
-from hf_paramgen.data.corpus import (
-    CorpusError,
-    build_corpus,
-    chunk_batch,
-    cli_build_corpus,
-    corpus_model_weights,
-    load_checkpoint,
-    load_corpus,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_checkpoint(folder: Path, architecture: str = "mlp-64-32", num_classes: int = 4, seed: int = 0,
-                    split: str = "train") -> Path:
-    """A zoo-style checkpoint: config.json + model.safetensors + README.md card with task metadata."""
+                    split: str = "train", layout_file: bool = True) -> Path:
+    """A zoo-style checkpoint: config.json + model.safetensors + param_layout.json + README.md card with task
+    metadata (`layout_file=False`: a zoo folder saved before zoos recorded their layout)."""
     torch.manual_seed(seed)
     model = build_model(architecture, num_classes)
     model.save_pretrained(folder)
+    if layout_file:
+        (folder / LAYOUT_FILE).write_text(ParamLayout.from_module(model).to_json())
     meta = ModelCardData(
         task_id=f"digits-{seed}", instruction=f"classify digits 0-{num_classes - 1}", dataset="digits",
         classes=list(range(num_classes)), transform="none", num_classes=num_classes, architecture=architecture,
@@ -95,11 +92,14 @@ def test_corpus_folder_has_card_config_and_no_temp_files(ckpts, tmp_path):
     build_corpus(ckpts[:2], tmp_path / "corpus", chunk_size=16)
     card = DatasetCard.load(tmp_path / "corpus" / "README.md")
     assert {c["config_name"] for c in card.data.configs} == {"chunks", "models"}
-    assert [p["model_id"] for p in card.data.provenance] == ["ckpt0", "ckpt1"]
+    provenance = card.data.provenance  # a summary; per-model provenance is the models table
+    assert provenance["models_per_split"] == {"train": 2} and provenance["num_tasks"] == 2
+    assert provenance["models_per_architecture"] == {"mlp-64-32": 1, "cnn-digits": 1}
+    assert (provenance["models_from_local_folders"], provenance["models_from_hub_repos"], provenance["hub_repos"]) == (2, 0, [])
     assert card.data.size_categories == ["n<1K"] and "hf_paramgen" in card.data.tags
     assert "cnn-digits" in card.text and "| `train` | 2 |" in card.text
     config = json.loads((tmp_path / "corpus" / "corpus_config.json").read_text())
-    assert config["chunk_size"] == 16 and config["aggregation"] == "layer" and len(config["provenance"]) == 2
+    assert config == {"chunk_size": 16, "aggregation": "layer", "num_models": 2}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
@@ -155,6 +155,54 @@ def test_peft_adapter_folders_enter_with_their_recorded_layout(tmp_path):
     assert set(corpus["chunks"]["kind_id"]) == {layout.specs[0].kind_id, layout.specs[1].kind_id}
     weights, _ = corpus_model_weights(corpus, "adapter")
     torch.testing.assert_close(weights, layout.flatten(state_dict), rtol=0, atol=0)
+
+
+def test_card_header_summarises_provenance_and_stays_small_as_the_corpus_grows(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from hf_paramgen.data.corpus import MAX_LISTED, corpus_card
+
+    def card_for(num_models: int):
+        rows = [{"split": "train" if i % 4 else "heldout_task", "architecture": f"arch-{i % 3}", "num_params": 10,
+                 "repo_id": f"org/net-{i % 50}" if i % 2 else "", "revision": "a" * 40 if i % 2 else "",
+                 "task": json.dumps({"task_id": f"t{i % 7}"})} for i in range(num_models)]
+        corpus = DatasetDict({"models": Dataset.from_list(rows), "chunks": Dataset.from_dict({"x": [0] * num_models})})
+        return corpus_card(corpus, {"chunk_size": 8, "aggregation": "layer"})
+
+    small, big = card_for(40), card_for(480)
+    header_lines = lambda card: str(card).split("\n---\n")[0].count("\n")  # noqa: E731
+    assert header_lines(big) == header_lines(small) < 150  # capped lists: no line per model
+    data = big.data.provenance
+    assert (data["num_models"], data["models_from_hub_repos"], data["models_from_local_folders"]) == (480, 240, 240)
+    assert data["models_per_split"] == {"heldout_task": 120, "train": 360} and data["num_tasks"] == 7
+    assert data["num_hub_repos"] == 25 and len(data["hub_repos"]) == MAX_LISTED
+    assert data["hub_repos"][0] == {"repo_id": "org/net-1", "revision": "a" * 40, "models": 10}
+    assert "org/net-1" in big.text and "5 more Hub repos" in big.text
+
+
+def test_layout_comes_from_param_layout_json_and_old_zoo_folders_still_load(tmp_path):
+    new, old = make_checkpoint(tmp_path / "new", "cnn-digits", seed=1), make_checkpoint(
+        tmp_path / "old", "cnn-digits", seed=1, layout_file=False)
+    module_layout = ParamLayout.from_module(build_model("cnn-digits", 4))
+    assert declared_layout(new) == declared_layout(old) == module_layout  # same names, order, shapes and kinds
+    assert [s.kind for s in declared_layout(old).specs] == [s.kind for s in module_layout.specs]
+    assert {s.kind for s in module_layout.specs} == {"conv.weight", "conv.bias", "linear.weight", "linear.bias"}
+    corpus = build_corpus([new, old], tmp_path / "corpus", chunk_size=16)
+    torch.testing.assert_close(corpus_model_weights(corpus, "new")[0], corpus_model_weights(corpus, "old")[0])
+    # the file is what declares the layout: one that disagrees with the weights is caught
+    (new / LAYOUT_FILE).write_text(ParamLayout.from_module(build_model("mlp-64-32", 4)).to_json())
+    with pytest.raises(CorpusError, match=r"new: missing tensors \['net\.1\.weight'"):
+        load_checkpoint(new)
+
+
+def test_checkpoint_whose_layout_nothing_declares_fails_clearly(tmp_path):
+    folder = make_checkpoint(tmp_path / "ckpt", layout_file=False)
+    (folder / "config.json").write_text(json.dumps({"depth": 3}))
+    with pytest.raises(CorpusError, match=r"ckpt: no param_layout\.json.*zoonet: config\.json is not a ZooNet config"):
+        load_checkpoint(folder)
+    (folder / LAYOUT_FILE).write_text("{not json")
+    with pytest.raises(CorpusError, match=r"ckpt: cannot build the layout it declares"):
+        load_checkpoint(folder)
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -9,12 +9,24 @@ import pytest
 import torch
 from torch import nn
 
-from hf_paramgen.research.architectures import build_model
 from hf_paramgen.conditioning import HashingTextEncoder, SampleEncoder
-from hf_paramgen.research.tasks import Task, few_shot_samples, load_task_split
-from hf_paramgen.research.evaluation import (METHODS, SPLITS, ZooIndex, add_noise, align_hidden_units, aligned_distance,
-                                    cli_evaluate, evaluate_generator, make_model, novelty, select_best, steps_ratio)
 from hf_paramgen.metrics.param_generation.param_generation import compute_param_generation
+from hf_paramgen.research.architectures import build_model
+from hf_paramgen.research.evaluation import (
+    EVAL_SPLITS,
+    METHODS,
+    ZooIndex,
+    add_noise,
+    align_hidden_units,
+    aligned_distance,
+    cli_evaluate,
+    evaluate_generator,
+    make_model,
+    novelty,
+    select_best,
+    steps_ratio,
+)
+from hf_paramgen.research.tasks import Task, few_shot_samples, load_task_split
 from hf_paramgen.research.zoo import build_zoo, evaluate_accuracy
 
 TASK = Task.make("mnist", [4, 6, 2, 7])
@@ -108,14 +120,14 @@ def test_baselines_and_a_copying_generator_on_the_tiny_zoo(tiny_zoo):
     zoo = ZooIndex(tiny_zoo)
     train_entries = zoo.checkpoints("mlp-784-16", "train", num_classes=4)
 
-    def copy_training_checkpoints(task, architecture, num_samples, seed):
+    def copy_training_checkpoints(task, architecture, num_candidates, seed):
         if architecture != "mlp-784-16":
             raise ValueError(f"this generator only knows mlp-784-16, not {architecture}")
-        return [zoo.state_dict(e) for e in train_entries[:num_samples]]
+        return [zoo.state_dict(e) for e in train_entries[:num_candidates]]
 
     result = evaluate_generator(copy_training_checkpoints, tiny_zoo, ["mlp-784-16"], num_tasks_per_split=1, k=2,
                                 finetune_steps=5, max_steps=20, condition_fn=hashing_condition)
-    for split in SPLITS:
+    for split in EVAL_SPLITS:
         assert set(METHODS) | {"finetune_steps_ratio", "novelty_ratio"} <= set(result[split])
     seen, held = result["seen_tasks"], result["heldout_architectures"]
     row = seen["rows"][0]
@@ -156,12 +168,12 @@ def test_param_generation_metric_fraction_and_gap_closed():
 
 
 def test_a_real_untrained_param_generator_runs_through_the_evaluation_and_is_timed(tiny_zoo):
+    from hf_paramgen.generation.generator import ParamGenerator
     from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
     from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
-    from hf_paramgen.research.evaluation import compute_floor_ratio, generator_fn
-    from hf_paramgen.generation.generator import ParamGenerator
     from hf_paramgen.models.modeling_param_prior import ParamPriorForCausalLM
     from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
+    from hf_paramgen.research.evaluation import compute_floor_ratio, generator_fn
 
     torch.manual_seed(0)
     tok = ParamTokenizer(ParamTokenizerConfig(chunk_size=16, codebook_size=16, codebook_dim=4, hidden_size=16, num_layers=1))

@@ -18,7 +18,7 @@ from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer, register
 from hf_paramgen.models.quantizer import EMACodebook, GumbelQuantizer
 
 TINY = dict(chunk_size=8, hidden_size=32, num_layers=2, codebook_size=16, codebook_dim=4, num_quantizers=2,
-            codes_per_chunk=2, max_tensors=8, max_chunks_per_tensor=32)
+            latents_per_chunk=2, max_tensors=8, max_chunks_per_tensor=32)
 
 
 def tiny_tokenizer(**overrides) -> ParamTokenizer:
@@ -49,9 +49,24 @@ def test_config_rejects_bad_values_naming_them():
 
 
 def test_config_rate_and_kind_table_match_layout():
-    cfg = ParamTokenizerConfig(chunk_size=8, codes_per_chunk=1, num_quantizers=4, codebook_size=256)
-    assert cfg.tokens_per_chunk == 4 and cfg.bits_per_param == 4.0
+    cfg = ParamTokenizerConfig(chunk_size=8, latents_per_chunk=1, num_quantizers=4, codebook_size=256)
+    assert cfg.codes_per_chunk == 4 and cfg.tokens_per_chunk == 4 and cfg.bits_per_param == 4.0
     assert NUM_KINDS == len(KINDS)
+
+
+def test_config_json_from_before_the_rename_loads_unchanged(tmp_path):
+    """Old files name the latents per chunk `codes_per_chunk`; new files write `latents_per_chunk` only."""
+    old = {**ParamTokenizerConfig().to_dict(), "codes_per_chunk": 2, "num_quantizers": 3}
+    del old["latents_per_chunk"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = ParamTokenizerConfig.from_pretrained(tmp_path)
+    assert (cfg.latents_per_chunk, cfg.codes_per_chunk, cfg.tokens_per_chunk) == (2, 6, 6)
+    cfg.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["latents_per_chunk"] == 2 and "codes_per_chunk" not in saved
+    assert ParamTokenizerConfig.from_pretrained(tmp_path / "new").codes_per_chunk == 6
+    with pytest.raises(AttributeError):
+        cfg.tokens_per_chunk = 3  # a read-only alias
 
 
 # ---------------------------------------------------------------------------------------------- forward
@@ -62,7 +77,7 @@ def test_reconstruction_loss_is_masked_mse_and_padding_never_counts():
     err = (out.reconstruction - c.chunks).pow(2)
     assert torch.allclose(out.reconstruction_loss, err[c.chunk_mask].mean())
     assert not c.chunk_mask.all()  # the test net really has padding
-    assert out.codes.shape == (len(c), model.config.tokens_per_chunk)
+    assert out.codes.shape == (len(c), model.config.codes_per_chunk)
     assert torch.allclose(out.loss, out.reconstruction_loss + 0.25 * out.commitment_loss)
     assert 0 < float(out.codebook_usage) <= 1 and float(out.perplexity) >= 1
 
@@ -149,7 +164,7 @@ def test_decode_denormalises_by_shape_derived_scale():
 
 
 def test_decode_expected_averages_the_decoded_codes_and_checks_its_input():
-    model = tiny_tokenizer(codes_per_chunk=1, num_quantizers=1).eval()
+    model = tiny_tokenizer(latents_per_chunk=1, num_quantizers=1).eval()
     net = tiny_net()
     layout = ParamLayout.from_module(net)
     codes = model.encode(net, layout)  # (N, 1)

@@ -17,7 +17,7 @@ from torch import nn
 from hf_paramgen.layout.chunking import chunk
 from hf_paramgen.layout.param_layout import ParamLayout
 from hf_paramgen.data.collate import TokenizerCollator, augment_chunks, split_rows
-from hf_paramgen.training.loop import TrainingConfig, train
+from hf_paramgen.training.loop import STATE_FILE, TrainingConfig, list_checkpoints, train
 from hf_paramgen.training.tokenizer import cli_train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,10 @@ def test_tiny_run_saves_loadable_checkpoint_and_logs_scalars(tmp_path):
     assert [r["step"] for r in log] == [2, 4]
     assert {"loss", "reconstruction_loss", "perplexity", "codebook_usage", "eval_loss", "num_processes"} <= set(log[-1])
     assert log[-1]["num_processes"] == 1
-    assert (out / "checkpoint-3" / "model.safetensors").exists() and (out / "state-4").is_dir()
+    checkpoints = list_checkpoints(out)  # accelerate's checkpoints/checkpoint_<i>, each with a save_pretrained model/
+    assert [step for step, _ in checkpoints] == [3, 4]
+    assert [p.name for _, p in checkpoints] == ["checkpoint_0", "checkpoint_1"]
+    assert ParamTokenizer.from_pretrained(checkpoints[0][1] / "model").config.chunk_size == 2
     model = ParamTokenizer.from_pretrained(out)
     assert model.config.chunk_size == 2 and model.config.num_quantizers == 2  # 8-weight rows cut into 4 chunks
     register()
@@ -103,11 +106,11 @@ def test_tiny_run_saves_loadable_checkpoint_and_logs_scalars(tmp_path):
 def test_resume_continues_from_saved_step(tmp_path):
     corpus, out = make_corpus(tmp_path / "corpus"), tmp_path / "run"
     assert cli_train_tokenizer(tiny_args(corpus, out, "--max_steps", "3")) == 0
-    assert (out / "state-3").is_dir()
-    assert cli_train_tokenizer(tiny_args(corpus, out, "--max_steps", "6")) == 0
+    assert [step for step, _ in list_checkpoints(out)] == [3]
+    assert cli_train_tokenizer(tiny_args(corpus, out, "--max_steps", "6", "--save_total_limit", "1")) == 0
     steps = [r["step"] for r in read_log(out)]
     assert steps == [2, 3, 4, 6]  # 2, 3 from the first run; the second starts at step 4, not 1
-    assert (out / "state-6").is_dir() and not (out / "state-3").exists()
+    assert [(step, p.name) for step, p in list_checkpoints(out)] == [(6, "checkpoint_1")]  # total_limit pruned step 3
 
 
 def test_tokenizer_chunk_size_must_divide_corpus_rows(tmp_path):
@@ -116,32 +119,88 @@ def test_tokenizer_chunk_size_must_divide_corpus_rows(tmp_path):
         cli_train_tokenizer(tiny_args(corpus, tmp_path / "run", "--chunk_size", "3"))
 
 
+class Regressor(nn.Module):
+    """A generic model (no transformers): `save_pretrained` writes `weights.pt`; can crash at a chosen forward call."""
+
+    def __init__(self, crash_at: int | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 1)
+        self.calls, self.crash_at = 0, crash_at
+
+    def forward(self, x, y):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise KeyboardInterrupt("killed")
+        from transformers.utils import ModelOutput
+
+        return ModelOutput(loss=nn.functional.mse_loss(self.fc(x), y))
+
+    def save_pretrained(self, path):
+        os.makedirs(path, exist_ok=True)
+        torch.save(self.state_dict(), Path(path) / "weights.pt")
+
+
+def regression_rows(n: int = 64) -> list[dict]:
+    x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+    return [{"x": x[i], "y": x[i, :1] * 2 + x[i, 1:2]} for i in range(n)]
+
+
+def stack_rows(rows: list[dict]) -> dict:
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def test_train_runs_a_generic_model_with_gradient_accumulation(tmp_path):
-    from transformers.utils import ModelOutput
-
-    class Regressor(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 1)
-
-        def forward(self, x, y):
-            return ModelOutput(loss=nn.functional.mse_loss(self.fc(x), y))
-
-        def save_pretrained(self, path):
-            os.makedirs(path, exist_ok=True)
-            torch.save(self.state_dict(), Path(path) / "weights.pt")
-
-    torch.manual_seed(0)
-    x = torch.randn(64, 4)
-    data = [{"x": x[i], "y": x[i, :1] * 2} for i in range(64)]
-    collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
     cfg = TrainingConfig(output_dir=str(tmp_path), batch_size=8, lr=0.05, max_steps=20, log_every=5,
                          save_every=100, gradient_accumulation_steps=2)
-    result = train(Regressor(), data, collate, cfg)
+    result = train(Regressor(), regression_rows(), stack_rows, cfg)
     log = read_log(tmp_path)
     assert result["step"] == 20 and log[-1]["loss"] < log[0]["loss"]
     assert (tmp_path / "weights.pt").exists()
     assert json.loads((tmp_path / "ranks" / "rank-0.json").read_text())["batches_seen"] == 40
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint_with_the_same_results(tmp_path):
+    def config(out):
+        return TrainingConfig(output_dir=str(out), batch_size=8, lr=0.05, max_steps=12, log_every=1, save_every=4,
+                              gradient_accumulation_steps=2, warmup_steps=2)
+
+    train(Regressor(), regression_rows(), stack_rows, config(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # killed in step 11, after the checkpoints of steps 4 and 8
+        train(Regressor(crash_at=21), regression_rows(), stack_rows, config(killed))
+    half = killed / "checkpoints" / "checkpoint_2"  # a save cut short: no trainer_state.json
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    assert [step for step, _ in list_checkpoints(killed)] == [4, 8]
+    train(Regressor(), regression_rows(), stack_rows, config(killed))
+    assert read_log(killed) == [{**r, "elapsed_s": a["elapsed_s"]} for r, a in zip(read_log(tmp_path / "straight"),
+                                                                                   read_log(killed))]
+    straight = torch.load(tmp_path / "straight" / "weights.pt", weights_only=True)
+    resumed = torch.load(killed / "weights.pt", weights_only=True)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert [(step, (p / STATE_FILE).is_file()) for step, p in list_checkpoints(killed)] == [(8, True), (12, True)]
+
+
+def _train_in_two_processes(out: str) -> None:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the forked child must not reuse the parent's state
+    cfg = TrainingConfig(output_dir=out, batch_size=8, lr=0.05, max_steps=4, log_every=2, save_every=2)
+    train(Regressor(), regression_rows(), stack_rows, cfg)
+
+
+def test_two_gloo_processes_train_checkpoint_and_resume(tmp_path):
+    from accelerate import debug_launcher
+
+    out = tmp_path / "run"
+    debug_launcher(_train_in_two_processes, args=(str(out),), num_processes=2)
+    ranks = sorted(json.loads(p.read_text())["rank"] for p in (out / "ranks").glob("rank-*.json"))
+    assert ranks == [0, 1] and all(r["num_processes"] == 2 for r in read_log(out))
+    assert [step for step, _ in list_checkpoints(out)] == [2, 4]
+    assert (out / "checkpoints" / "checkpoint_1" / "random_states_1.pkl").is_file()  # each rank's RNG state
+    debug_launcher(_train_in_two_processes, args=(str(out),), num_processes=2)  # resumes at step 4: nothing to do
+    assert [r["step"] for r in read_log(out)] == [2, 4]
 
 
 def test_keep_best_saves_the_model_with_the_lowest_validation_loss_not_the_last(tmp_path):

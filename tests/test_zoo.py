@@ -10,10 +10,12 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from hf_paramgen.layout.param_layout import ParamLayout
 from hf_paramgen.research.architectures import ZooNet, build_model
 from hf_paramgen.research.tasks import Task, load_task_split
 from hf_paramgen.research.zoo import (
     HELDOUT_ARCHITECTURES,
+    LAYOUT_FILE,
     build_zoo,
     cli_build_zoo,
     evaluate_accuracy,
@@ -94,10 +96,13 @@ def test_tiny_build_writes_hub_checkpoint_folders_with_cards(tiny_zoo):
     path, manifest = tiny_zoo
     assert manifest["num_checkpoints"] == manifest["num_planned_checkpoints"] == len(manifest["checkpoints"]) <= 30
     assert json.loads((path / "manifest.json").read_text()) == manifest
-    assert (path / "README.md").is_file() and not list(path.glob("checkpoints/*/.tmp-*"))
+    assert (path / "README.md").is_file() and not list(path.glob("checkpoints/*/.*"))  # no temporary folders
     for entry in manifest["checkpoints"]:
         folder = path / entry["path"]
-        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                            LAYOUT_FILE]
+        layout = ParamLayout.from_json((folder / LAYOUT_FILE).read_text())
+        assert layout.to_dict() == ParamLayout.from_module(load_checkpoint_model(folder)).to_dict()
         card = ModelCard.load(folder / "README.md").data.to_dict()
         task = task_from_dict(card)
         assert card["task_id"] == entry["task_id"] == task.task_id and card["instruction"] == task.instruction
@@ -137,11 +142,12 @@ def test_second_build_skips_finished_checkpoints_and_repairs_a_killed_one(tiny_z
     untouched = path / manifest["checkpoints"][0]["path"] / "model.safetensors"
     mtime = untouched.stat().st_mtime_ns
     shutil.rmtree(victim)
-    (victim.parent / f".tmp-{victim.name}-999").mkdir()  # what a kill mid-write leaves behind
+    (victim.parent / f".{victim.name}.tmp-0badc0de").mkdir()  # what a kill mid-write leaves behind
+    (victim.parent / f".tmp-{victim.name}-999").mkdir()  # ... and what builds before utils.temporary_sibling left
     again = build_zoo(path, preset="tiny", num_workers=1)
     assert again["num_trained_this_run"] == 1 and again["num_checkpoints"] == manifest["num_checkpoints"]
-    assert untouched.stat().st_mtime_ns == mtime and victim.is_dir()
-    assert not list(path.glob("checkpoints/*/.tmp-*"))
+    assert untouched.stat().st_mtime_ns == mtime and victim.is_dir() and (victim / LAYOUT_FILE).is_file()
+    assert not list(path.glob("checkpoints/*/.*"))
     assert again["zoo_build_seconds"] > manifest["zoo_build_seconds"]
 
 

@@ -5,10 +5,11 @@ A corpus is a `datasets.DatasetDict` with two tables:
 * ``chunks`` — one row per fixed-size chunk of flat weights (layer-wise or whole-network chunking,
   see `hf_paramgen.layout.chunking`), with its position (tensor, chunk in tensor, kind), a shape-derived
   ``scale`` = sqrt(fan_in) and ``num_valid`` (the non-padding prefix of ``chunk``);
-* ``models`` — one row per checkpoint: layout, instruction, task, split, metrics, provenance.
+* ``models`` — one row per checkpoint: layout, instruction, task, model split, metrics, provenance.
 
 Building is memory-bounded (one checkpoint in memory at a time, streamed to Arrow record batches of
 ``writer_batch_size`` rows by datasets' `ArrowWriter`) and atomic (built beside ``output_dir`` and renamed at the end).
+Checkpoints are read and validated by `hf_paramgen.data.checkpoints`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
-import uuid
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
 import torch
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from ..layout.chunking import AGGREGATIONS, chunk
-from ..layout.param_layout import LayoutError, ParamLayout
+from ..layout.param_layout import ParamLayout
+from ..utils import replace_dir, temporary_sibling
+from .checkpoints import CorpusError, Source, load_checkpoint, resolve_sources
 
 CHUNK_COLUMNS = ("model_id", "chunk_index", "tensor_index", "chunk_in_tensor", "kind_id", "scale", "num_valid", "split")
 MODEL_FEATURES = Features(
@@ -42,15 +43,9 @@ MODEL_FEATURES = Features(
     }
 )
 TASK_FIELDS = ("task_id", "instruction", "dataset", "classes", "transform", "num_classes")
-SPLITS = ("train", "validation", "heldout_task", "heldout_architecture")
+MODEL_SPLITS = ("train", "validation", "heldout_task", "heldout_architecture")  # the corpus's model splits
 CONFIG_FILE = "corpus_config.json"
-ADAPTER_CONFIG, ADAPTER_INFO = "adapter_config.json", "adapter_info.json"  # PEFT adapter folders (hf_paramgen.adapters.lora)
-_SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.bin", "README.md"]  # what a checkpoint needs from a repo
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
-
-
-class CorpusError(ValueError):
-    """A checkpoint or source cannot go into a corpus; the message names which (and which tensor)."""
+MAX_LISTED = 20  # distinct Hub repos / architectures named in a card's YAML header (the rest are counted)
 
 
 def chunk_features(chunk_size: int) -> Features:
@@ -60,215 +55,6 @@ def chunk_features(chunk_size: int) -> Features:
         {"model_id": Value("string"), **ints, "scale": Value("float32"), "split": Value("string"),
          "chunk": List(Value("float32"), length=chunk_size)}
     )
-
-
-# ---------------------------------------------------------------------------------- checkpoints
-def _read_json(path: Path, name: str, expected: str) -> dict:
-    file = path / name
-    if not file.is_file():
-        raise CorpusError(f"Checkpoint {path}: no {name} (expected {expected}).")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise CorpusError(f"Checkpoint {path}: {name} is not valid JSON ({err}).") from err
-
-
-def _read_config(path: Path) -> dict:
-    """`config.json`, or a PEFT adapter's `adapter_config.json`."""
-    if (path / ADAPTER_CONFIG).is_file():
-        return _read_json(path, ADAPTER_CONFIG, "a PEFT adapter config")
-    return _read_json(path, "config.json", "a ZooNet or transformers config")
-
-
-def _transformers_layout(path: Path) -> ParamLayout:
-    """Layout of the transformers model a config declares (meta device), tied aliases dropped."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(path)
-    archs = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, archs[0], None) if archs else None
-    if cls is None:
-        return ParamLayout.from_config(config)
-    with torch.device("meta"):
-        model = cls(config)
-    layout = ParamLayout.from_module(model)
-    tensors, seen, keep = model.state_dict(keep_vars=True), set(), []
-    for spec in layout.specs:  # tied weights (lm_head <- embeddings) are stored once
-        if id(tensors[spec.name]) not in seen:
-            seen.add(id(tensors[spec.name]))
-            keep.append((spec.name, spec.shape, spec.dtype, spec.kind, spec.is_buffer))
-    return ParamLayout.from_specs(keep, {"model_type": config.model_type, "architecture": archs[0]})
-
-
-def declared_layout(path: str | os.PathLike, config: dict | None = None) -> ParamLayout:
-    """The layout a checkpoint's `config.json` declares (never read off its weights)."""
-    from ..research.architectures import model_from_config
-
-    path = Path(path)
-    config = _read_config(path) if config is None else config
-    try:
-        if "peft_type" in config:  # layout recorded by hf_paramgen.adapters.lora.save_adapter (built by peft)
-            layout = _read_json(path, ADAPTER_INFO, "the adapter's recorded layout").get("layout")
-            if not layout:
-                raise ValueError(f"{ADAPTER_INFO} records no layout; save adapters with `save_adapter(..., layout=...)`")
-            return ParamLayout.from_dict(layout)
-        if "model_type" in config:
-            return _transformers_layout(path)
-        with torch.device("meta"):
-            return ParamLayout.from_module(model_from_config(config))
-    except (ValueError, KeyError, TypeError) as err:
-        raise CorpusError(f"Checkpoint {path}: cannot build the layout its config.json declares: {err}") from err
-
-
-def _read_card(path: Path) -> dict:
-    """The checkpoint's metadata: its card's YAML (for adapters, `adapter_info.json` metadata + instruction)."""
-    from huggingface_hub import ModelCard
-
-    readme = path / "README.md"
-    card = ModelCard.load(readme).data.to_dict() if readme.is_file() else {}
-    if (path / ADAPTER_INFO).is_file():
-        info = json.loads((path / ADAPTER_INFO).read_text())
-        card = {**card, **info.get("metadata", {}), "instruction": info.get("instruction")}
-    return card
-
-
-def _load_safetensors(path: Path, single: str = "model.safetensors") -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = path / f"{single}.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [single]
-    state_dict: dict[str, torch.Tensor] = {}
-    for name in files:
-        try:
-            state_dict.update(load_file(path / name))
-        except Exception as err:  # safetensors raises SafetensorError / OSError on bad bytes
-            raise CorpusError(f"Checkpoint {path}: {name} is truncated or corrupted and cannot be read ({err}).") from err
-    return state_dict
-
-
-def _load_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if (path / "adapter_model.safetensors").is_file():
-        return _load_safetensors(path, "adapter_model.safetensors")
-    if (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
-        return _load_safetensors(path)
-    if (path / "pytorch_model.bin").is_file():
-        if not allow_pickle:
-            raise CorpusError(
-                f"Checkpoint {path}: only a pickled pytorch_model.bin, no model.safetensors. Pickles can run code; "
-                "pass allow_pickle=True (CLI --allow_pickle) to load it with torch.load(weights_only=True)."
-            )
-        try:
-            return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CorpusError(f"Checkpoint {path}: pytorch_model.bin cannot be loaded with weights_only=True ({err}).") from err
-    found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "not a folder"
-    raise CorpusError(f"Checkpoint {path}: expected model.safetensors (or pytorch_model.bin), found {found}.")
-
-
-def load_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], ParamLayout, dict]:
-    """Read and validate one checkpoint folder.
-
-    Args:
-        path: folder with `config.json`, `model.safetensors` (or `pytorch_model.bin`) and `README.md`.
-        allow_pickle: accept a `pytorch_model.bin`-only checkpoint (loaded with `weights_only=True`).
-
-    Returns:
-        `(state_dict, layout, info)`: tensors, the layout declared by `config.json`, and
-        `info = {"config": ..., "card": <card YAML metadata>}`.
-
-    Raises:
-        CorpusError: unreadable files, or tensors missing, misshapen, non-finite or unexpected.
-    """
-    path = Path(path)
-    config = _read_config(path)
-    layout = declared_layout(path, config)
-    state_dict = _load_weights(path, allow_pickle)
-    try:
-        layout.validate(state_dict, source=f"Checkpoint {path}")
-    except LayoutError as err:
-        raise CorpusError(str(err)) from err
-    extra = [name for name, t in state_dict.items() if name not in set(layout.names) and torch.is_floating_point(t)]
-    if extra:
-        raise CorpusError(f"Checkpoint {path}: unexpected tensors {extra} that its config.json does not declare.")
-    return state_dict, layout, {"config": config, "card": _read_card(path)}
-
-
-# ---------------------------------------------------------------------------------- sources
-@dataclass
-class _Source:
-    model_id: str
-    path: Path
-    source: str
-    repo_id: str = ""
-    revision: str = ""
-    split: str = ""
-
-
-def _fetch(repo_id: str, revision: str | None) -> Path:
-    """Download a model repo snapshot (honours HF_ENDPOINT, HF_HUB_OFFLINE and the HF cache)."""
-    from ..hub.cards import fetch_snapshot
-
-    try:
-        return Path(fetch_snapshot(repo_id, revision=revision, allow_patterns=_SNAPSHOT_FILES))
-    except Exception as err:  # RepositoryNotFound, RevisionNotFound, LocalEntryNotFound, connection errors
-        at = f" at revision {revision!r}" if revision else ""
-        raise CorpusError(
-            f"Cannot fetch checkpoint repo {repo_id!r}{at}: it is not a local folder, and the Hub "
-            f"(HF_ENDPOINT={os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}, "
-            f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}) answered {type(err).__name__}: {err}"
-        ) from err
-
-
-def _zoo_sources(zoo_dir: Path) -> list[_Source]:
-    """Checkpoints listed by a zoo's `manifest.json` (a list of paths or of dicts with a path)."""
-    manifest_file = zoo_dir / "manifest.json"
-    if not manifest_file.is_file():
-        raise CorpusError(f"{zoo_dir} is not a model zoo: no manifest.json (build one with `hf-paramgen build-zoo`).")
-    manifest = json.loads(manifest_file.read_text())
-    entries = next((manifest[k] for k in ("checkpoints", "models", "entries") if isinstance(manifest.get(k), list)), None)
-    if entries is None:  # no list in the manifest: every checkpoint folder under the zoo
-        entries = [str(p.parent.relative_to(zoo_dir)) for p in sorted(zoo_dir.rglob("config.json"))]
-    sources = []
-    for entry in entries:
-        entry = {"path": entry} if isinstance(entry, str) else entry
-        rel = next((entry[k] for k in ("path", "dir", "checkpoint", "folder") if k in entry), None)
-        if rel is None:
-            raise CorpusError(f"{manifest_file}: entry {entry} has no 'path'.")
-        path = (zoo_dir / rel).resolve()
-        model_id = entry.get("model_id") or Path(rel).as_posix()
-        sources.append(_Source(model_id, path, str(path), split=entry.get("split") or ""))
-    return sources
-
-
-def resolve_sources(sources: list[str], splits: list[str] | None = None) -> list[_Source]:
-    """Expand folders, zoo dirs and Hub ids (`org/name[@revision]`) into checkpoints; check ids are unique."""
-    if not sources:
-        raise CorpusError("No sources given: expected checkpoint folders, zoo dirs or Hub repo ids (org/name[@rev]).")
-    resolved: list[_Source] = []
-    for src in map(str, sources):
-        path = Path(src)
-        if path.is_dir() and (path / "manifest.json").is_file():
-            resolved += _zoo_sources(path)
-        elif path.is_dir():
-            resolved.append(_Source(path.resolve().name, path.resolve(), str(path.resolve())))
-        elif _REPO_ID.match(src):
-            repo_id, _, revision = src.partition("@")
-            snapshot = _fetch(repo_id, revision or None)
-            sha = snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else (revision or "")
-            resolved.append(_Source(src, snapshot, src, repo_id, sha))
-        else:
-            raise CorpusError(f"Source {src!r} is neither an existing folder nor a Hub repo id 'org/name[@revision]'.")
-    ids = [s.model_id for s in resolved]
-    dups = sorted({i for i in ids if ids.count(i) > 1})
-    if dups:
-        raise CorpusError(f"Duplicate model ids {dups}: each checkpoint may enter a corpus once.")
-    for s in resolved:
-        s.split = s.split or str(_read_card(s.path).get("split") or "train")
-    if splits:
-        resolved = [s for s in resolved if s.split in splits]
-        if not resolved:
-            raise CorpusError(f"No checkpoint in {list(map(str, sources))} belongs to splits {splits}.")
-    return resolved
 
 
 # ---------------------------------------------------------------------------------- build
@@ -281,7 +67,7 @@ def _config_architecture(config: dict) -> str:
     return f"{config.get('kind')}-{config.get('input_shape')}-{config.get('hidden_sizes')}"
 
 
-def _model_row(src: _Source, layout: ParamLayout, info: dict, chunking: tuple[int, str, int, int]) -> dict:
+def _model_row(src: Source, layout: ParamLayout, info: dict, chunking: tuple[int, str, int, int]) -> dict:
     """The `models` row; `chunking` = (chunk_size, aggregation, num_chunks, first_chunk)."""
     chunk_size, aggregation, n_chunks, first_chunk = chunking
     card, config = info["card"], info["config"]
@@ -300,7 +86,7 @@ def _model_row(src: _Source, layout: ParamLayout, info: dict, chunking: tuple[in
     }
 
 
-def _chunk_table(src: _Source, layout: ParamLayout, weights: torch.Tensor, chunk_size: int, aggregation: str):
+def _chunk_table(src: Source, layout: ParamLayout, weights: torch.Tensor, chunk_size: int, aggregation: str):
     """The `chunks` rows of one model as a `pyarrow.Table` (columns built from arrays, no per-row Python)."""
     import numpy as np
     import pyarrow as pa
@@ -379,23 +165,18 @@ def build_corpus(
         raise CorpusError(f"Output {output_dir} already exists; pass overwrite=True (CLI --overwrite) to replace it.")
     resolved = resolve_sources(list(map(str, sources)), splits)
     writer_batch_size = writer_batch_size or max(16, 2**20 // chunk_size)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_sibling(output_dir)
     try:
         tmp.mkdir()
         model_rows = _write_chunks(resolved, tmp / "chunks.arrow", chunk_size, aggregation, allow_pickle, writer_batch_size)
         corpus = DatasetDict({"chunks": Dataset.from_file(str(tmp / "chunks.arrow")),
                               "models": Dataset.from_list(model_rows, features=MODEL_FEATURES)})
         corpus.save_to_disk(str(tmp / "corpus"))
-        config = {"chunk_size": chunk_size, "aggregation": aggregation, "num_models": len(resolved),
-                  "provenance": [{"model_id": s.model_id, "source": s.source, "repo_id": s.repo_id,
-                                  "revision": s.revision} for s in resolved]}
+        config = {"chunk_size": chunk_size, "aggregation": aggregation, "num_models": len(resolved)}
         (tmp / "corpus" / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         corpus_card(corpus, config).save(tmp / "corpus" / "README.md")
         del corpus  # release the cache files before moving
-        if output_dir.exists():
-            os.replace(output_dir, tmp / "old")
-        os.replace(tmp / "corpus", output_dir)
+        replace_dir(tmp / "corpus", output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_from_disk(str(output_dir))
@@ -408,30 +189,58 @@ def _size_category(n: int) -> str:
     return next((name for bound, name in bounds if n < bound), "1B<n<10B")
 
 
-def corpus_card(corpus: DatasetDict, config: dict):
-    """The dataset card (`huggingface_hub.DatasetCard`) of a corpus, from `model_cards/weight_corpus.md`."""
-    from collections import Counter
+def provenance_summary(models: Dataset, max_listed: int = MAX_LISTED) -> dict:
+    """Where a corpus's models come from, summarised (its size does not grow with the corpus beyond `max_listed`).
 
+    Per-model provenance (`source`, `repo_id`, `revision`) stays in the `models` table; this counts models per
+    model split and architecture, distinct tasks, models from Hub repos vs local folders, and lists up to
+    `max_listed` distinct Hub repos with their revisions (most models first).
+    """
+    rows = models.select_columns(["split", "architecture", "repo_id", "revision", "task"]).to_list()
+    repos = Counter((r["repo_id"], r["revision"] or None) for r in rows if r["repo_id"])
+    archs = Counter(r["architecture"] for r in rows)
+    tasks = {json.loads(r["task"] or "{}").get("task_id") for r in rows} - {None}
+    return {
+        "num_models": len(rows),
+        "models_per_split": dict(sorted(Counter(r["split"] for r in rows).items())),
+        "models_per_architecture": dict(archs.most_common(max_listed)),
+        "num_architectures": len(archs),
+        "num_tasks": len(tasks),
+        "models_from_hub_repos": sum(repos.values()),
+        "models_from_local_folders": len(rows) - sum(repos.values()),
+        "num_hub_repos": len(repos),
+        "hub_repos": [{"repo_id": repo, "revision": rev, "models": n} for (repo, rev), n in repos.most_common(max_listed)],
+        "per_model": "the `models` table: source, repo_id, revision of every model",
+    }
+
+
+def corpus_card(corpus: DatasetDict, config: dict):
+    """The dataset card (`huggingface_hub.DatasetCard`) of a corpus, from the `weight_corpus.md` template.
+
+    Args:
+        corpus: the corpus (its `models` table gives the counts and the provenance summary).
+        config: `chunk_size`, `aggregation` and optionally `pretty_name`.
+    """
     from ..hub.cards import read_template, render_card
 
-    models = corpus["models"].select_columns(["architecture", "split", "num_params", "repo_id"]).to_list()
+    models = corpus["models"].select_columns(["architecture", "split", "num_params"]).to_list()
     arch_counts = Counter(m["architecture"] for m in models)
     arch_params = {m["architecture"]: m["num_params"] for m in models}
+    provenance = provenance_summary(corpus["models"])
     card_data = {
         "pretty_name": config.get("pretty_name", "hf_paramgen weight corpus"),
         "tags": ["hf_paramgen", "weight-space", "neural-network-weights", "model-zoo"],
         "size_categories": [_size_category(len(corpus["chunks"]))],
         "configs": [{"config_name": name, "data_files": [{"split": "train", "path": f"{name}/train-*"}]}
                     for name in ("chunks", "models")],
-        "provenance": [{"model_id": p["model_id"], "repo_id": p["repo_id"] or None, "revision": p["revision"] or None}
-                       for p in config["provenance"]],
+        "provenance": provenance,
     }
     ctx = {
         "num_models": len(models), "num_chunks": len(corpus["chunks"]), "num_params": sum(m["num_params"] for m in models),
         "chunk_size": config["chunk_size"], "aggregation": config["aggregation"],
         "architectures": [(a, n, arch_params[a]) for a, n in sorted(arch_counts.items())],
         "splits": sorted(Counter(m["split"] for m in models).items()),
-        "num_hub_sources": sum(bool(m["repo_id"]) for m in models),
+        "provenance": provenance, "num_hub_sources": provenance["models_from_hub_repos"],
     }
     return render_card(read_template("weight_corpus.md"), card_data, repo_type="dataset", **ctx)
 
@@ -465,8 +274,7 @@ def push_corpus(corpus: DatasetDict | str | os.PathLike, repo_id: str, *, revisi
         corpus = load_corpus(folder)
     if card is None:
         first = corpus["models"][0]
-        card = corpus_card(corpus, {"chunk_size": first["chunk_size"], "aggregation": first["aggregation"],
-                                    "provenance": corpus["models"].select_columns(["model_id", "repo_id", "revision"]).to_list()})
+        card = corpus_card(corpus, {"chunk_size": first["chunk_size"], "aggregation": first["aggregation"]})
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     if revision:
@@ -522,7 +330,7 @@ def cli_build_corpus(argv: list[str]) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--sources", nargs="+", help="checkpoint folders, zoo dirs or Hub ids org/name[@revision]")
     group.add_argument("--zoo_dir", help="a model zoo folder (with manifest.json)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, help="keep only checkpoints of these splits")
+    parser.add_argument("--splits", nargs="+", choices=MODEL_SPLITS, help="keep only checkpoints of these model splits")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chunk_size", type=int, default=64)
     parser.add_argument("--aggregation", choices=AGGREGATIONS, default="layer")

@@ -161,6 +161,32 @@ class ParamLayout:
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
+    @property
+    def head_tensors(self) -> list[int]:
+        """Indices of the classifier head's tensors: the last 2-D `linear.weight` and the `linear.bias` right after
+        it (row i of these tensors is output unit i, i.e. class i). A layout may name its head in
+        `metadata["head"]` instead (LoRA layouts: the `lora_B` of the base's output layer); adapters that do not
+        touch the output layer have no head (`[]`)."""
+        specs = self.specs
+        if "head" in self.metadata:
+            names = set(self.metadata["head"] or [])
+            return [i for i, s in enumerate(specs) if s.name in names]
+        weights = [i for i, s in enumerate(specs) if s.kind == "linear.weight" and not s.is_buffer and len(s.shape) == 2]
+        if not weights:
+            return []
+        w = weights[-1]
+        head = [w]
+        if w + 1 < len(specs) and specs[w + 1].kind == "linear.bias" and tuple(specs[w + 1].shape) == (specs[w].shape[0],):
+            head.append(w + 1)
+        return head
+
+    @property
+    def output_size(self) -> int | None:
+        """Output units of a classifier layout: the first dim of its last weight tensor (ndim >= 2, not a buffer);
+        None for a layout without weight matrices. The labels of a task on this layout are 0..output_size-1."""
+        weights = [s for s in self.specs if len(s.shape) >= 2 and not s.is_buffer]
+        return int(weights[-1].shape[0]) if weights else None
+
     def __len__(self) -> int:
         return len(self.specs)
 

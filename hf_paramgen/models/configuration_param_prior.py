@@ -2,8 +2,12 @@
 
 Vocabulary: `num_special_tokens` special ids first (`bos_token_id`, `pad_token_id`), then the
 `codebook_size` codes at `code_offset = num_special_tokens`. The decoder is a **stock transformers
-decoder** (Llama or GPT-2) described by a plain config dict (`transformer`, with its `model_type`); the
-prior builds it with `AutoModel.from_config` and feeds it `inputs_embeds`.
+decoder** (Llama or GPT-2) whose config is a sub-config (`transformer`, transformers' `sub_configs`, like
+the text config of a composite model); the prior builds it with `AutoModel.from_config` and feeds it
+`inputs_embeds`. A config saved with `transformer` as a plain dict (with its `model_type`) loads the same.
+
+The generator settings (text encoder, sample encoders, where the ParamTokenizer lives, the layouts) are
+declared fields too, so a generator repo's `config.json` says everything needed to load it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import copy
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 NUM_KINDS = 13  # len(hf_paramgen.layout.param_layout.KINDS); literal so this file loads as Hub remote code alone
 AGGREGATIONS: tuple[str, ...] = ("layer", "architecture")
@@ -27,6 +32,9 @@ DEFAULT_DECODER: dict = {
 # keys of `transformer` the prior sets itself (they follow from the prior's own fields)
 _MANAGED_KEYS = ("vocab_size", "max_position_embeddings", "n_positions", "bos_token_id", "pad_token_id",
                  "eos_token_id", "tie_word_embeddings")
+DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# names saved by earlier versions -> Hub id (literal, so this file loads as Hub remote code alone)
+TEXT_ENCODER_ALIASES = {"all-MiniLM-L6-v2": DEFAULT_TEXT_ENCODER}
 
 
 class ParamPriorConfig(PreTrainedConfig):
@@ -50,13 +58,19 @@ class ParamPriorConfig(PreTrainedConfig):
         max_condition_tokens: most condition tokens one instruction may bring.
         num_condition_types: rows of the condition-type table (0 text, 1 architecture, 2+i class i).
         num_kinds / max_tensors / max_chunks_per_tensor: structure table sizes (see above).
-        transformer: transformers config dict of the decoder (needs `model_type`; default a small Llama).
+        transformer: the decoder's transformers config, or its dict (needs `model_type`; default a small Llama);
+            vocabulary, context and special ids are set from this config.
         max_position_embeddings: context length (prefix + BOS + codes).
         block_window: codes of the previous block kept as context in block-wise generation
             (default: half of a block).
         chunk_size / aggregation: chunking the codes were made with (defaults for `generate_codes`).
         param_tokenizer_repo_id / param_tokenizer_revision / param_tokenizer_subfolder: where the
-            matching ParamTokenizer lives.
+            matching ParamTokenizer lives (subfolder of the generator repo, or a pinned repo + revision).
+        param_tokenizer_sha256: sha256 of the pinned ParamTokenizer's weights file: offline, a pinned
+            revision that is not cached resolves to the generator snapshot's own subfolder when it matches.
+        text_encoder: the text encoder, a Hub id or folder (default MiniLM), or "hashing:<dim>" (tests).
+            The name "all-MiniLM-L6-v2" of earlier versions loads as its Hub id.
+        sample_encoders: names of the generator's `sample_encoders/<name>/` (a `SampleEncoder` each).
         layouts: architecture name -> `ParamLayout.to_json()` of the architectures it was trained on.
         initializer_range: std of the normal init of the prior's own layers.
         condition_injection: also add the instruction to every code token (and each class's prototype to
@@ -64,6 +78,7 @@ class ParamPriorConfig(PreTrainedConfig):
     """
 
     model_type = "param_prior"
+    sub_configs_defaults = {"transformer": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
 
     def __init__(
         self,
@@ -78,7 +93,7 @@ class ParamPriorConfig(PreTrainedConfig):
         num_kinds: int = NUM_KINDS,
         max_tensors: int = 64,
         max_chunks_per_tensor: int = 4096,
-        transformer: dict | None = None,
+        transformer: dict | PreTrainedConfig | None = None,
         max_position_embeddings: int = 1024,
         block_window: int | None = None,
         chunk_size: int | None = None,
@@ -86,6 +101,9 @@ class ParamPriorConfig(PreTrainedConfig):
         param_tokenizer_repo_id: str | None = None,
         param_tokenizer_revision: str | None = None,
         param_tokenizer_subfolder: str | None = None,
+        param_tokenizer_sha256: str | None = None,
+        text_encoder: str = DEFAULT_TEXT_ENCODER,
+        sample_encoders: list[str] | None = None,
         layouts: dict[str, str] | None = None,
         initializer_range: float = 0.02,
         condition_injection: bool = True,
@@ -103,7 +121,7 @@ class ParamPriorConfig(PreTrainedConfig):
         self.num_kinds = num_kinds
         self.max_tensors = max_tensors
         self.max_chunks_per_tensor = max_chunks_per_tensor
-        self.transformer = dict(copy.deepcopy(transformer) if transformer is not None else DEFAULT_DECODER)
+        self.transformer, decoder_vocab = self._decoder(transformer)
         self.max_position_embeddings = max_position_embeddings
         self.block_window = block_window
         self.chunk_size = chunk_size
@@ -111,13 +129,16 @@ class ParamPriorConfig(PreTrainedConfig):
         self.param_tokenizer_repo_id = param_tokenizer_repo_id
         self.param_tokenizer_revision = param_tokenizer_revision
         self.param_tokenizer_subfolder = param_tokenizer_subfolder
+        self.param_tokenizer_sha256 = param_tokenizer_sha256
+        self.text_encoder = TEXT_ENCODER_ALIASES.get(text_encoder, text_encoder or DEFAULT_TEXT_ENCODER)
+        self.sample_encoders = list(sample_encoders or [])
         self.layouts = dict(layouts or {})
         self.initializer_range = initializer_range
         self.condition_injection = bool(condition_injection)
         kwargs.pop("tie_word_embeddings", None)
         super().__init__(**kwargs)
         self.tie_word_embeddings = False
-        self._validate()
+        self._validate(decoder_vocab)
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -139,22 +160,38 @@ class ParamPriorConfig(PreTrainedConfig):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.decoder_config().hidden_size)
+        return int(self.transformer.hidden_size)
 
     @property
     def max_block_codes(self) -> int:
         """Codes one block can hold with a full condition prefix: context - max_condition_tokens - 1."""
         return self.max_position_embeddings - self.max_condition_tokens - 1
 
-    def decoder_config(self) -> PreTrainedConfig:
-        """The transformers config of the decoder, with vocabulary and context set by this config."""
-        kwargs = {k: v for k, v in self.transformer.items() if k not in _MANAGED_KEYS and k != "model_type"}
-        config = AutoConfig.for_model(self.transformer["model_type"], **kwargs)
+    @staticmethod
+    def _decoder(transformer: dict | PreTrainedConfig | None) -> tuple[PreTrainedConfig, int | None]:
+        """(decoder sub-config, the vocab_size it was given) from a config, a config dict (a saved sub-config or the
+        plain dict of earlier versions) or None (the default Llama)."""
+        if isinstance(transformer, PreTrainedConfig):
+            return copy.deepcopy(transformer), None
+        transformer = dict(transformer if transformer is not None else DEFAULT_DECODER)
+        if "model_type" not in transformer:
+            raise ValueError(f"ParamPriorConfig.transformer must be a config dict with a 'model_type', got {transformer!r}.")
+        kwargs = {k: v for k, v in transformer.items()
+                  if k not in _MANAGED_KEYS and k not in ("model_type", "transformers_version")}
+        return AutoConfig.for_model(transformer["model_type"], **copy.deepcopy(kwargs)), transformer.get("vocab_size")
+
+    def _sync_decoder(self) -> None:
+        """Vocabulary, context and special ids of the decoder follow this config."""
+        config = self.transformer
         config.vocab_size = self.vocab_size
         config.max_position_embeddings = self.max_position_embeddings  # GPT-2 maps this to n_positions
         config.bos_token_id, config.pad_token_id, config.eos_token_id = self.bos_token_id, self.pad_token_id, None
         config.tie_word_embeddings = False
-        return config
+
+    def decoder_config(self) -> PreTrainedConfig:
+        """The decoder's sub-config (`transformer`), with vocabulary and context set by this config."""
+        self._sync_decoder()
+        return self.transformer
 
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
         """The decoder's config: what generation utilities (e.g. `DynamicCache`) size the cache from."""
@@ -170,7 +207,7 @@ class ParamPriorConfig(PreTrainedConfig):
         return ParamLayout.from_json(value) if isinstance(value, str) else ParamLayout.from_dict(value)
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> None:
+    def _validate(self, decoder_vocab: int | None = None) -> None:
         positive = ("codebook_size", "codes_per_chunk", "num_special_tokens", "condition_dim", "max_condition_tokens",
                     "num_condition_types", "num_kinds", "max_tensors", "max_chunks_per_tensor",
                     "max_position_embeddings")
@@ -202,13 +239,12 @@ class ParamPriorConfig(PreTrainedConfig):
             )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"ParamPriorConfig.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
-        if not isinstance(self.transformer, dict) or "model_type" not in self.transformer:
+        if decoder_vocab is not None and decoder_vocab != self.vocab_size:
             raise ValueError(
-                f"ParamPriorConfig.transformer must be a config dict with a 'model_type', got {self.transformer!r}."
-            )
-        vocab = self.transformer.get("vocab_size", self.vocab_size)
-        if vocab != self.vocab_size:
-            raise ValueError(
-                f"transformer['vocab_size']={vocab} disagrees with the prior's vocabulary {self.vocab_size} "
+                f"transformer['vocab_size']={decoder_vocab} disagrees with the prior's vocabulary {self.vocab_size} "
                 "(num_special_tokens + codebook_size); leave it out of `transformer`."
             )
+        self._sync_decoder()
+        if not isinstance(self.text_encoder, str) or not self.text_encoder:
+            raise ValueError(f"ParamPriorConfig.text_encoder must be a Hub id, folder or 'hashing:<dim>', "
+                             f"got {self.text_encoder!r}.")

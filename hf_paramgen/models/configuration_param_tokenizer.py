@@ -14,10 +14,15 @@ NUM_KINDS = 13  # len(hf_paramgen.layout.param_layout.KINDS); kept literal so th
 class ParamTokenizerConfig(PreTrainedConfig):
     """Configuration of a `ParamTokenizer`.
 
-    Rate: each chunk of `chunk_size` weights becomes `codes_per_chunk` latents, each quantised by
+    Rate: each chunk of `chunk_size` weights becomes `latents_per_chunk` latents, each quantised by
     `num_quantizers` codebooks of `codebook_size` codes (residual VQ when `num_quantizers > 1`), so a
-    chunk is `tokens_per_chunk = codes_per_chunk * num_quantizers` codes and the rate is
-    `bits_per_param = tokens_per_chunk * log2(codebook_size) / chunk_size`.
+    chunk is `codes_per_chunk = latents_per_chunk * num_quantizers` codes (what the prior generates per
+    chunk, its own `codes_per_chunk`) and the rate is
+    `bits_per_param = codes_per_chunk * log2(codebook_size) / chunk_size`.
+
+    Compatibility: config.json files written before the rename name the latents `codes_per_chunk`; a
+    `codes_per_chunk` argument without `latents_per_chunk` is read that way, so they load unchanged.
+    `tokens_per_chunk` is a read-only alias of `codes_per_chunk`.
 
     Positions: a chunk's `(tensor_index, chunk_in_tensor, kind_id)` is embedded with tables of
     `max_tensors`, `max_chunks_per_tensor` and `num_kinds` rows. Indices beyond a table are
@@ -33,7 +38,7 @@ class ParamTokenizerConfig(PreTrainedConfig):
 
     Args:
         chunk_size: weights per chunk (C).
-        codes_per_chunk: latent vectors per chunk (l).
+        latents_per_chunk: latent vectors per chunk (l).
         codebook_size: codes per codebook (K).
         codebook_dim: dimension of each latent / code vector.
         num_quantizers: residual VQ depth: each latent is quantised by this many EMA codebooks in turn,
@@ -62,7 +67,7 @@ class ParamTokenizerConfig(PreTrainedConfig):
     def __init__(
         self,
         chunk_size: int = 2,
-        codes_per_chunk: int = 1,
+        latents_per_chunk: int | None = None,
         codebook_size: int = 256,
         codebook_dim: int = 2,
         num_quantizers: int = 1,
@@ -84,8 +89,11 @@ class ParamTokenizerConfig(PreTrainedConfig):
         gumbel_kl_weight: float = 5e-4,
         **kwargs,
     ):
+        legacy = kwargs.pop("codes_per_chunk", None)  # the field's name before the rename (it meant latents)
+        if latents_per_chunk is None:
+            latents_per_chunk = 1 if legacy is None else legacy
         self.chunk_size = chunk_size
-        self.codes_per_chunk = codes_per_chunk
+        self.latents_per_chunk = latents_per_chunk
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.num_quantizers = num_quantizers
@@ -109,7 +117,7 @@ class ParamTokenizerConfig(PreTrainedConfig):
         self._validate()
 
     def _validate(self) -> None:
-        positive = ("chunk_size", "codes_per_chunk", "codebook_size", "codebook_dim", "num_quantizers",
+        positive = ("chunk_size", "latents_per_chunk", "codebook_size", "codebook_dim", "num_quantizers",
                     "hidden_size", "num_kinds", "max_tensors", "max_chunks_per_tensor", "gumbel_cycle_steps")
         for name in positive:
             value = getattr(self, name)
@@ -154,11 +162,16 @@ class ParamTokenizerConfig(PreTrainedConfig):
         return out
 
     @property
+    def codes_per_chunk(self) -> int:
+        """Codes per chunk (the prior's `codes_per_chunk`): `latents_per_chunk * num_quantizers`."""
+        return self.latents_per_chunk * self.num_quantizers
+
+    @property
     def tokens_per_chunk(self) -> int:
-        """Codes per chunk: `codes_per_chunk * num_quantizers`."""
-        return self.codes_per_chunk * self.num_quantizers
+        """Read-only alias of `codes_per_chunk` (the name before the rename)."""
+        return self.codes_per_chunk
 
     @property
     def bits_per_param(self) -> float:
-        """`tokens_per_chunk * log2(codebook_size) / chunk_size`."""
-        return self.tokens_per_chunk * math.log2(self.codebook_size) / self.chunk_size
+        """`codes_per_chunk * log2(codebook_size) / chunk_size`."""
+        return self.codes_per_chunk * math.log2(self.codebook_size) / self.chunk_size

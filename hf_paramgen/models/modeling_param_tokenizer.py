@@ -2,7 +2,7 @@
 
 Weights in, codes out, and back — like a text tokenizer:
 
-    codes = param_tokenizer.encode(model, layout)          # LongTensor (N, tokens_per_chunk)
+    codes = param_tokenizer.encode(model, layout)          # LongTensor (N, codes_per_chunk)
     state_dict = param_tokenizer.decode(codes, layout)     # exact shapes and dtypes
 
 Weights are normalised by `sqrt(fan_in)` of their tensor (`ParamLayout.fan_in_scale`), a scale
@@ -115,7 +115,7 @@ class ParamTokenizerPreTrainedModel(PreTrainedModel):
 
 
 class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
-    """VQ-VAE over weight chunks: encoder -> `codes_per_chunk` latents -> quantiser -> decoder.
+    """VQ-VAE over weight chunks: encoder -> `latents_per_chunk` latents -> quantiser -> decoder.
 
     `forward` trains it (masked reconstruction loss, padding never counts); `encode` / `decode`
     (state_dicts, modules) and `encode_chunks` / `decode_codes` (normalised chunks) use it.
@@ -125,7 +125,7 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
 
     def __init__(self, config: ParamTokenizerConfig):
         super().__init__(config)
-        latent = config.codes_per_chunk * config.codebook_dim
+        latent = config.latents_per_chunk * config.codebook_dim
         self.encoder = MLPCoder(config, config.chunk_size, latent)
         self.quantizer = build_quantizer(config)
         self.decoder = MLPCoder(config, latent, config.chunk_size)
@@ -174,7 +174,7 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
             pos = self._positions(pos, x.shape[0], self.device)
             z = self._latents(x, pos).float()  # (b*l, d)
             out.append(self.quantizer.encode(z).reshape(x.shape[0], -1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.config.tokens_per_chunk, dtype=torch.long)
+        return torch.cat(out) if out else torch.zeros(0, self.config.codes_per_chunk, dtype=torch.long)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor, chunk_position: torch.Tensor | None = None,
@@ -191,10 +191,10 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
         return torch.cat(out) if out else torch.zeros(0, self.config.chunk_size)
 
     def _check_codes(self, codes: torch.Tensor) -> None:
-        t, k = self.config.tokens_per_chunk, self.config.codebook_size
+        t, k = self.config.codes_per_chunk, self.config.codebook_size
         if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.shape[1] != t:
             got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-            raise ValueError(f"codes must be a (N, {t}) integer tensor (tokens_per_chunk={t}), got {got}.")
+            raise ValueError(f"codes must be a (N, {t}) integer tensor (codes_per_chunk={t}), got {got}.")
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise ValueError(f"codes must have an integer dtype, got {codes.dtype}.")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
@@ -264,9 +264,9 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
         all K codes once).
         """
         cfg = self.config
-        if cfg.tokens_per_chunk != 1 or cfg.num_quantizers != 1:
+        if cfg.codes_per_chunk != 1 or cfg.num_quantizers != 1:
             raise ValueError(f"decode_expected needs one code per chunk and one codebook; this ParamTokenizer has "
-                             f"tokens_per_chunk={cfg.tokens_per_chunk}, num_quantizers={cfg.num_quantizers}.")
+                             f"codes_per_chunk={cfg.codes_per_chunk}, num_quantizers={cfg.num_quantizers}.")
         self._check_layout(layout)
         probs = torch.as_tensor(probs)
         probs = probs[:, 0] if probs.ndim == 3 else probs

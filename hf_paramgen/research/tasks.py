@@ -34,12 +34,12 @@ TRANSFORMS: dict[str, str] = {
     "transpose": " Inputs are transposed (image rows and columns swapped).",
     "hflip": " Inputs are mirrored left to right.",
 }
-SPLITS = ("train", "validation", "test")
+DATA_SPLITS = ("train", "validation", "test")  # a task's data splits (not MODEL_SPLITS, not EVAL_SPLITS)
 SPLIT_FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
 SPLIT_SEED = 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dataset_arrays(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     """All samples of a dataset: X (n, d) float32 in [0, 1], y (n,) int64. Cached per process; read-only."""
     _check_dataset(dataset)
@@ -62,12 +62,12 @@ def dataset_arrays(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def split_indices(dataset: str) -> dict[str, np.ndarray]:
     """The fixed stratified split of a dataset: split -> sorted sample indices (disjoint, covering all samples)."""
     _, y = dataset_arrays(dataset)
     rng = np.random.default_rng(SPLIT_SEED)
-    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in DATA_SPLITS}
     for label in range(DATASETS[dataset]["num_classes"]):
         idx = rng.permutation(np.flatnonzero(y == label))
         n_train = round(len(idx) * SPLIT_FRACTIONS["train"])
@@ -84,9 +84,9 @@ def split_indices(dataset: str) -> dict[str, np.ndarray]:
 def split_info(dataset: str) -> dict:
     """A JSON-able record of the fixed split (fractions, seed, sizes, sha256 of the indices) for manifests."""
     parts = split_indices(dataset)
-    digest = hashlib.sha256(b"".join(parts[s].astype("<i8").tobytes() for s in SPLITS)).hexdigest()
+    digest = hashlib.sha256(b"".join(parts[s].astype("<i8").tobytes() for s in DATA_SPLITS)).hexdigest()
     return {"dataset": dataset, "source": DATASETS[dataset]["source"], "fractions": SPLIT_FRACTIONS,
-            "seed": SPLIT_SEED, "stratified": True, "sizes": {s: int(len(parts[s])) for s in SPLITS},
+            "seed": SPLIT_SEED, "stratified": True, "sizes": {s: int(len(parts[s])) for s in DATA_SPLITS},
             "indices_sha256": digest}
 
 
@@ -96,8 +96,8 @@ def _check_dataset(dataset: str) -> None:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {list(SPLITS)}.")
+    if split not in DATA_SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {list(DATA_SPLITS)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,11 +147,16 @@ class Task:
         return DATASETS[self.dataset]["image_side"] ** 2
 
     @property
-    def instruction(self) -> str:
+    def task_text(self) -> str:
         """The task text, e.g. "Classify handwritten digits (MNIST, 28x28 grayscale) into 4 classes, ..."."""
         order = ", ".join(map(str, self.classes))
         return (f"Classify {DATASETS[self.dataset]['description']} into {self.num_classes} classes, "
                 f"output units in this order: {order}.{TRANSFORMS[self.transform]}")
+
+    @property
+    def instruction(self) -> str:
+        """`task_text` under the name zoo manifests, cards and corpora store it as (`"instruction"`)."""
+        return self.task_text
 
     def to_dict(self) -> dict:
         return {"task_id": self.task_id, "dataset": self.dataset, "classes": list(self.classes),

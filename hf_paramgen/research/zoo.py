@@ -4,19 +4,14 @@ Layout of a zoo folder::
 
     manifest.json                      tasks (+ split), architectures (+ held-out), one entry per checkpoint
     README.md                          a short summary
-    checkpoints/<architecture>/<task_id>--seed<k>/{config.json, model.safetensors, README.md}
+    checkpoints/<architecture>/<task_id>--seed<k>/{config.json, model.safetensors, param_layout.json, README.md}
 
 Every checkpoint's `README.md` is a model card whose YAML metadata holds its task, instruction,
 architecture, seed, initialisation, training recipe, accuracies and split
-(`huggingface_hub.ModelCard.load(dir).data.to_dict()`).
+(`huggingface_hub.ModelCard.load(dir).data.to_dict()`); `param_layout.json` is its `ParamLayout`.
 
-Weight-space symmetry (DESIGN.md section 1): most checkpoints of an architecture start from one of
-two shared initialisations (`torch.manual_seed(SHARED_INIT_SEEDS[k])`, then build; hidden layers
-are created before the head, so they match across tasks of any number of classes); seed k uses
-`INIT_SCHEDULE[k % 4]`, so seed 2 of every (task, architecture) pair starts from an independent
-initialisation (1 in 3 or 1 in 4 checkpoints, depending on the number of seeds; 31 % of "full"). The checkpoint seed sets the
-data order. Training uses one fixed recipe (`TRAINING_RECIPE`) and one thread per worker, so a
-(task, architecture, seed) triple always gives the same weights.
+The plan (presets, tasks, splits, initialisations) lives in `zoo_plan`, training and saving one checkpoint in
+`zoo_train`; this module builds a zoo from them (`build_zoo`, `hf-paramgen build-zoo`) and re-exports both.
 """
 
 from __future__ import annotations
@@ -27,289 +22,42 @@ import os
 import shutil
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
 
-from .architectures import ARCHITECTURE_DATASET, ARCHITECTURES, ZooNet, build_model
-from .tasks import DATASETS, SPLITS, Task, dataset_arrays, load_task_split, split_info, task_from_dict
+from ..utils import atomic_write_json, atomic_write_text
+from .architectures import ARCHITECTURE_DATASET, ARCHITECTURES
+from .tasks import DATASETS, dataset_arrays, split_info, task_from_dict
+from .zoo_plan import (
+    CHECKPOINT_SPLITS,
+    HELDOUT_ARCHITECTURES,
+    INIT_SCHEDULE,
+    PRESETS,
+    SHARED_INIT_SEEDS,
+    SPLIT_SEED,
+    TASK_SPLIT_FRACTIONS,
+    init_schedule,
+    make_tasks,
+    plan_checkpoints,
+)
+from .zoo_train import (
+    LAYOUT_FILE,
+    TRAINING_RECIPE,
+    evaluate_accuracy,
+    finetune,
+    load_checkpoint_model,
+    train_checkpoint,
+    train_model,
+)
 
-__all__ = ["TRAINING_RECIPE", "HELDOUT_ARCHITECTURES", "PRESETS", "make_tasks", "build_zoo", "load_manifest",
-           "load_checkpoint_model", "evaluate_accuracy", "train_model", "finetune", "task_from_dict", "cli_build_zoo"]
-
-TRAINING_RECIPE: dict = {"optimizer": "Adam", "lr": 3e-3, "batch_size": 64, "weight_decay": 0.0,
-                         "loss": "cross_entropy", "epochs": {"mnist": 5, "digits": 15}, "torch_threads": 1}
-SHARED_INIT_SEEDS: dict[str, int] = {"shared-0": 1000, "shared-1": 2000}
-INIT_SCHEDULE = ("shared-0", "shared-1", "independent", "shared-0")  # init of seed k: INIT_SCHEDULE[k % 4]
-HELDOUT_ARCHITECTURES = ("mlp-784-48",)
-SPLIT_SEED = 0
-TASK_SPLIT_FRACTIONS = {"heldout_task": 0.15, "validation": 0.10}
-CHECKPOINT_SPLITS = ("train", "validation", "heldout_task", "heldout_architecture")
-
-# Colour inversion is used on digits only: on MNIST-5k, 784-input MLPs trained with Adam collapse on inverted
-# images (mean inputs ~0.87 move every first-layer pre-activation together; mlp-784-16 reached a mean test
-# accuracy of 0.72, some runs chance, in an earlier full build), so MNIST's transforms are transpose and hflip.
-# preset -> task families {family: (dataset, num_classes choices, transform, count)} and architecture plan
-# {architecture: (seeds, fraction of its dataset's tasks)}.
-PRESETS: dict[str, dict] = {
-    "full": {
-        "families": {
-            "mnist-4class": ("mnist", (4,), "none", 96),
-            "mnist-kclass": ("mnist", (2, 3, 5, 6, 7, 8, 9, 10), "none", 32),
-            "mnist-hflip": ("mnist", (4,), "hflip", 12),
-            "mnist-transpose": ("mnist", (4,), "transpose", 12),
-            "digits": ("digits", (4, 4, 2, 3, 5, 10), "none", 14),
-            "digits-invert": ("digits", (4,), "invert", 3),
-            "digits-transpose": ("digits", (4,), "transpose", 3),
-        },
-        "architectures": {"mlp-784-32": (4, 1.0), "mlp-784-16": (3, 1.0), "mlp-784-64": (3, 1.0),
-                          "mlp-784-32-32": (3, 1.0), "cnn-mnist": (3, 0.5), "mlp-784-48": (3, 0.25),
-                          "mlp-64-32": (4, 1.0), "cnn-digits": (3, 1.0)},
-    },
-    # what a generator can learn from (DESIGN.md section 1): one architecture, one shared initialisation
-    # for every checkpoint (so a smooth map from instruction to weights exists), many ordered 4-class tasks
-    "shared": {
-        "families": {"mnist-4class": ("mnist", (4,), "none", 1500)},
-        "architectures": {"cnn-mnist": (2, 1.0)},
-        "inits": ("shared-0",),
-    },
-    # evaluation only: the same architecture and initialisation with 3-, 5- and 6-class heads, layouts a
-    # prior trained on "shared" (4 classes) never saw
-    "shared-heads": {
-        "families": {"mnist-kclass": ("mnist", (3, 5, 6), "none", 60)},
-        "architectures": {"cnn-mnist": (2, 1.0)},
-        "inits": ("shared-0",),
-    },
-    # the README's main job: the "shared" recipe at a size whose whole chain runs in minutes
-    "demo": {
-        "families": {"mnist-4class": ("mnist", (4,), "none", 480)},
-        "architectures": {"cnn-mnist": (1, 1.0)},
-        "inits": ("shared-0",),
-    },
-    "tiny": {
-        "families": {"mnist-4class": ("mnist", (4,), "none", 3), "mnist-hflip": ("mnist", (4,), "hflip", 1),
-                     "digits": ("digits", (3,), "none", 1)},
-        "architectures": {"mlp-784-16": (3, 1.0), "mlp-784-48": (2, 0.5), "mlp-64-32": (2, 1.0)},
-    },
-}
-
-
-def _stable_int(*parts) -> int:
-    """A process-independent integer hash of `parts` (Python's `hash` is salted per process)."""
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
-# ------------------------------------------------------------------------------------------------ tasks
-def make_tasks(preset: str = "full", seed: int = SPLIT_SEED) -> list[dict]:
-    """The zoo's deterministic task list with families and task splits.
-
-    Returns:
-        One dict per task: `Task.to_dict()` plus `instruction`, `num_classes`, `family` and `split`
-        ("train", "validation" or "heldout_task"; `TASK_SPLIT_FRACTIONS` of each family, seeded).
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
-    rng = np.random.default_rng(seed)
-    tasks, seen = [], set()
-    for family, (dataset, sizes, transform, count) in PRESETS[preset]["families"].items():
-        family_tasks = []
-        while len(family_tasks) < count:
-            k = sizes[len(family_tasks) % len(sizes)]
-            task = Task.make(dataset, rng.permutation(DATASETS[dataset]["num_classes"])[:k].tolist(), transform)
-            if task.task_id not in seen:
-                seen.add(task.task_id)
-                family_tasks.append({**task.to_dict(), "instruction": task.instruction,
-                                     "num_classes": task.num_classes, "family": family, "split": "train"})
-        order = rng.permutation(count)
-        n_held = max(1, round(count * TASK_SPLIT_FRACTIONS["heldout_task"])) if count >= 3 else 0
-        n_val = round(count * TASK_SPLIT_FRACTIONS["validation"])
-        for rank, i in enumerate(order):
-            family_tasks[i]["split"] = "heldout_task" if rank < n_held else "validation" if rank < n_held + n_val else "train"
-        tasks += family_tasks
-    for split in ("heldout_task", "validation"):  # tiny presets: still at least one task of each split
-        if not any(t["split"] == split for t in tasks):
-            next(t for t in tasks if t["split"] == "train" and t["dataset"] == "mnist")["split"] = split
-    return tasks
-
-
-def init_schedule(preset: str) -> tuple[str, ...]:
-    """Initialisation of seed k of a preset: `init_schedule(preset)[k % len(...)]` (default `INIT_SCHEDULE`)."""
-    return tuple(PRESETS[preset].get("inits", INIT_SCHEDULE))
-
-
-def plan_checkpoints(tasks: list[dict], preset: str = "full") -> list[dict]:
-    """One job per (task, architecture, seed): ids, paths, init and split, in a fixed order."""
-    jobs, schedule = [], init_schedule(preset)
-    for task in tasks:
-        for arch, (seeds, fraction) in PRESETS[preset]["architectures"].items():
-            if ARCHITECTURE_DATASET[arch] != task["dataset"]:
-                continue
-            if fraction < 1.0 and _stable_int(arch, task["task_id"]) % 1000 >= fraction * 1000:
-                continue
-            split = "heldout_architecture" if arch in HELDOUT_ARCHITECTURES else task["split"]
-            for seed in range(seeds):
-                init = schedule[seed % len(schedule)]
-                init_seed = SHARED_INIT_SEEDS.get(init, _stable_int(task["task_id"], arch, seed))
-                jobs.append({"id": f"{task['task_id']}--{arch}--seed{seed}",
-                             "path": f"checkpoints/{arch}/{task['task_id']}--seed{seed}", "task": task,
-                             "architecture": arch, "seed": seed, "init": init, "init_seed": init_seed, "split": split})
-    return jobs
-
-
-# --------------------------------------------------------------------------------------- train / evaluate
-def _batches(n: int, batch_size: int, seed: int):
-    """Endless mini-batch index tensors over n samples, reshuffled each epoch by a generator seeded with `seed`."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
-            yield perm[i:i + batch_size]
-
-
-def _check_model_task(model: torch.nn.Module, task: Task) -> None:
-    input_shape = getattr(model, "input_shape", None)
-    if input_shape is not None and int(np.prod(input_shape)) != task.input_dim:
-        raise ValueError(f"Model reads inputs of shape {list(input_shape)} but task {task.task_id!r} "
-                         f"({task.dataset}) has {task.input_dim} features.")
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
-    if last and last[0].out_features != task.num_classes:
-        raise ValueError(f"Model has {last[0].out_features} output units but task {task.task_id!r} "
-                         f"has {task.num_classes} classes.")
-
-
-def _train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
-                 batches, steps: int) -> None:
-    model.train()
-    for _ in range(steps):
-        idx = next(batches)
-        loss = F.cross_entropy(model(X[idx]), y[idx])  # X[idx]: (b, d) -> logits (b, num_classes)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
-def train_model(model: torch.nn.Module, task: Task, *, epochs: int | None = None, steps: int | None = None,
-                lr: float = TRAINING_RECIPE["lr"], batch_size: int = TRAINING_RECIPE["batch_size"],
-                seed: int = 0, weight_decay: float = 0.0) -> torch.nn.Module:
-    """Train `model` in place on the task's train split with Adam (the zoo recipe); returns it.
-
-    Args:
-        epochs / steps: give exactly one (epochs default to the recipe's for the task's dataset when both are None).
-        seed: sets the data order (the initialisation is whatever `model` holds).
-    """
-    if epochs is not None and steps is not None:
-        raise ValueError(f"Give epochs or steps, not both (got epochs={epochs}, steps={steps}).")
-    _check_model_task(model, task)
-    X, y = load_task_split(task, "train")
-    if steps is None:
-        epochs = TRAINING_RECIPE["epochs"][task.dataset] if epochs is None else epochs
-        steps = epochs * -(-len(X) // batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    _train_steps(model, opt, X, y, _batches(len(X), batch_size, seed), steps)
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def evaluate_accuracy(model: torch.nn.Module, task: Task, split: str = "test") -> float:
-    """Top-1 accuracy of `model` on one fixed split ("train", "validation", "test") of `task`."""
-    _check_model_task(model, task)
-    X, y = load_task_split(task, split)
-    was_training = model.training
-    model.eval()
-    correct = sum(int((model(X[i:i + 2048]).argmax(-1) == y[i:i + 2048]).sum()) for i in range(0, len(X), 2048))
-    model.train(was_training)
-    return correct / len(y)
-
-
-def finetune(model: torch.nn.Module, task: Task, steps: int, lr: float = TRAINING_RECIPE["lr"],
-             batch_size: int = TRAINING_RECIPE["batch_size"], eval_every: int = 10, seed: int = 0) -> list[dict]:
-    """Fine-tune `model` in place with Adam and record its validation accuracy along the way.
-
-    Returns:
-        `[{"step": 0, "val_accuracy": ...}, {"step": eval_every, ...}, ..., {"step": steps, ...}]`.
-    """
-    if steps < 0 or eval_every < 1:
-        raise ValueError(f"Expected steps >= 0 and eval_every >= 1, got steps={steps}, eval_every={eval_every}.")
-    X, y = load_task_split(task, "train")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = _batches(len(X), batch_size, seed)
-    curve = [{"step": 0, "val_accuracy": evaluate_accuracy(model, task, "validation")}]
-    done = 0
-    while done < steps:
-        n = min(eval_every, steps - done)
-        _train_steps(model, opt, X, y, batches, n)
-        done += n
-        curve.append({"step": done, "val_accuracy": evaluate_accuracy(model, task, "validation")})
-    model.eval()
-    return curve
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-A `{{ architecture }}` network (`hf_paramgen.ZooNet`) of the hf_paramgen model zoo.
-
-**Task:** {{ instruction }}
-
-| val accuracy | test accuracy | init | seed | split |
-|---|---|---|---|---|
-| {{ val_accuracy }} | {{ test_accuracy }} | {{ init }} | {{ seed }} | {{ split }} |
-
-```python
-from hf_paramgen.research.architectures import ZooNet
-model = ZooNet.from_pretrained("path/or/repo")
-```
-"""
-
-
-def _checkpoint_card(job: dict, metadata: dict) -> ModelCard:
-    data = ModelCardData(library_name="hf_paramgen", tags=["hf_paramgen", "model-zoo", job["architecture"]],
-                         pipeline_tag="image-classification", **metadata)
-    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, title=job["id"], **metadata)
-
-
-def train_checkpoint(job: dict, output_dir: str | os.PathLike) -> dict:
-    """Train one planned checkpoint and write its folder atomically (temporary folder, then `os.replace`)."""
-    final = Path(output_dir) / job["path"]
-    task = task_from_dict(job["task"])
-    start = time.perf_counter()
-    torch.manual_seed(job["init_seed"])
-    model = build_model(job["architecture"], task.num_classes)
-    train_model(model, task, seed=job["seed"])
-    seconds = time.perf_counter() - start
-    metadata = {
-        "task_id": task.task_id, "instruction": task.instruction, "dataset": task.dataset,
-        "classes": list(task.classes), "transform": task.transform, "num_classes": task.num_classes,
-        "family": job["task"].get("family"), "architecture": job["architecture"], "seed": job["seed"],
-        "init": job["init"], "init_seed": job["init_seed"],
-        "training_recipe": {**TRAINING_RECIPE, "epochs": TRAINING_RECIPE["epochs"][task.dataset]},
-        "val_accuracy": round(evaluate_accuracy(model, task, "validation"), 5),
-        "test_accuracy": round(evaluate_accuracy(model, task, "test"), 5),
-        "split": job["split"], "train_seconds": round(seconds, 4),
-    }
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    _checkpoint_card(job, metadata).save(tmp / "README.md")
-    os.replace(tmp, final)
-    return metadata
-
-
-def load_checkpoint_model(path: str | os.PathLike) -> ZooNet:
-    """A zoo checkpoint (local folder or Hub repo id) as a `ZooNet` in eval mode."""
-    if os.path.sep in str(path) and not Path(path).is_dir():
-        raise FileNotFoundError(f"Checkpoint folder {path} does not exist (expected config.json + model.safetensors).")
-    return ZooNet.from_pretrained(str(path)).eval()
+__all__ = ["TRAINING_RECIPE", "HELDOUT_ARCHITECTURES", "PRESETS", "SHARED_INIT_SEEDS", "INIT_SCHEDULE",
+           "CHECKPOINT_SPLITS", "LAYOUT_FILE", "make_tasks", "init_schedule", "plan_checkpoints", "build_zoo",
+           "load_manifest", "load_checkpoint_model", "evaluate_accuracy", "train_model", "train_checkpoint",
+           "finetune", "task_from_dict", "cli_build_zoo"]
 
 
 def load_manifest(zoo_dir: str | os.PathLike) -> dict:
@@ -320,13 +68,8 @@ def load_manifest(zoo_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+
 # ---------------------------------------------------------------------------------------------- build
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _init_worker() -> None:
     """One thread, data loaded, and one throw-away Adam step (its first call imports ~2 s of torch modules)."""
     torch.set_num_threads(1)
@@ -433,7 +176,7 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
     output_dir = Path(output_dir)
     tasks = make_tasks(preset)
     jobs = plan_checkpoints(tasks, preset)[:limit]
-    for tmp in output_dir.glob("checkpoints/*/.tmp-*"):  # leftovers of a killed build
+    for tmp in output_dir.glob("checkpoints/*/.*"):  # temporary folders left by a killed build
         shutil.rmtree(tmp, ignore_errors=True)
     todo = [j for j in jobs if not (output_dir / j["path"] / "README.md").is_file()]
     for arch in {j["architecture"] for j in todo}:
@@ -451,8 +194,8 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
            "zoo_build_seconds_note": "wall time summed over build runs that reached the manifest (a killed run's "
                                      "time is not counted); the CPU may have been shared with other work"}
     manifest = _manifest(preset, tasks, jobs, output_dir, run)
-    _write_text(output_dir / "manifest.json", json.dumps(manifest, indent=1))
-    _write_text(output_dir / "README.md", _readme(manifest))
+    atomic_write_json(output_dir / "manifest.json", manifest, indent=1)
+    atomic_write_text(output_dir / "README.md", _readme(manifest))
     return manifest
 
 

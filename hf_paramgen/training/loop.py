@@ -2,34 +2,40 @@
 
 `train(model, train_dataset, collate_fn, TrainingConfig(...))` runs unchanged on one CPU, several
 processes (`accelerate launch --multi_gpu --num_processes 2`, gloo on CPU) or GPUs. It logs every
-scalar field of the model's output to `output_dir/log.jsonl`, saves `save_pretrained` checkpoints
-(`checkpoint-<step>`, the final model in `output_dir` itself) and `accelerator.save_state` folders
-(`state-<step>`), and resumes from the latest state after a kill. Every write is atomic.
+scalar field of the model's output to `output_dir/log.jsonl` and saves the final model with
+`save_pretrained` into `output_dir` itself.
 
-`cli_train_tokenizer(argv)` trains a `ParamTokenizer` on the `train` split of a weight corpus.
+Checkpoints are accelerate's: a `ProjectConfiguration(project_dir=output_dir,
+automatic_checkpoint_naming=True, total_limit=save_total_limit)` names them
+`output_dir/checkpoints/checkpoint_<i>` and prunes the oldest; `accelerator.save_state` writes the
+model, optimiser, scheduler, RNG and sampler states plus a registered `TrainerState` (the step), and a
+save-state hook adds the model's `save_pretrained` folder (`model/`). `trainer_state.json` is written
+last and marks a checkpoint complete: a run killed mid-save resumes from the latest complete one
+(`accelerator.load_state`) with the same results as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-STATE_FILE = "trainer_state.json"
-BEST_FILE = "best.json"
+from ..utils import atomic_write_json, atomic_write_text, replace_dir, temporary_sibling
+
+CHECKPOINTS = "checkpoints"  # accelerate's automatic checkpoint naming: <output_dir>/checkpoints/checkpoint_<i>
+STATE_FILE = "trainer_state.json"  # written last into a checkpoint: it is complete; holds the step
+MODEL_DIR = "model"  # the `save_pretrained` folder inside each checkpoint
+BEST_DIR, BEST_FILE = "best", "best.json"
 
 
 @dataclass
@@ -37,12 +43,14 @@ class TrainingConfig:
     """Settings of `train`. Steps count optimiser updates (`gradient_accumulation_steps` batches each).
 
     `max_time_s` stops early (saving as usual) once that much wall time has passed; `eval_every=0`
-    evaluates at each log step when an eval dataset is given. `keep_best` also saves the model with
-    the lowest `eval_loss` so far into `<output_dir>/best` (with `best.json`: step and loss), so an
-    overfitting run still hands back its best model (`best_model_dir`).
+    evaluates at each log step when an eval dataset is given. `save_total_limit` checkpoints are kept
+    (accelerate prunes the oldest before writing a new one, so keep at least 2 to always have a complete
+    one while a save is under way). `keep_best` also saves the model with the lowest `eval_loss` so far
+    into `<output_dir>/best` (with `best.json`: step and loss), so an overfitting run still hands back
+    its best model (`best_model_dir`).
     """
 
-    output_dir: str
+    output_dir: str = field(metadata={"help": "where checkpoints, log.jsonl and the final model go"})
     batch_size: int = 256
     lr: float = 1e-3
     max_steps: int = 1000
@@ -56,70 +64,82 @@ class TrainingConfig:
     seed: int = 0
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
-    resume: bool = True
+    resume: bool = field(default=True, metadata={"help": "resume from the latest checkpoint in output_dir "
+                                                          "(--no_resume: start afresh, removing old checkpoints)"})
     num_workers: int = 0
     max_time_s: float | None = None
     save_total_limit: int = 2
     keep_best: bool = False
 
-
-# ---------------------------------------------------------------------------------------------- files
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    def __post_init__(self):
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1 (checkpoints kept), got {self.save_total_limit}.")
 
 
-def _state_dirs(output_dir: Path) -> list[tuple[int, Path]]:
-    """Complete `state-<step>` folders, oldest first."""
-    found = []
-    for path in output_dir.glob("state-*"):
-        if path.is_dir() and path.name.split("-")[-1].isdigit() and (path / STATE_FILE).exists():
-            found.append((int(path.name.split("-")[-1]), path))
-    return sorted(found)
+class TrainerState:
+    """The loop's own state, saved in every checkpoint through `accelerator.register_for_checkpointing`."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
 
 
-def _prune(output_dir: Path, prefix: str, keep: int) -> None:
-    dirs = sorted((int(p.name.split("-")[-1]), p) for p in output_dir.glob(f"{prefix}-*") if p.name.split("-")[-1].isdigit())
-    for _, path in dirs[: max(len(dirs) - keep, 0)]:
-        shutil.rmtree(path, ignore_errors=True)
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _index(path: Path) -> int | None:
+    suffix = path.name.rpartition("_")[2]
+    return int(suffix) if path.name.startswith("checkpoint_") and suffix.isdigit() else None
+
+
+def list_checkpoints(output_dir) -> list[tuple[int, Path]]:
+    """(step, folder) of the complete checkpoints of a run in `output_dir`, oldest first.
+
+    Each folder holds an `accelerator.save_state` state, `model/` (`save_pretrained`) and `trainer_state.json`.
+    """
+    root = Path(output_dir) / CHECKPOINTS
+    found = [(i, p) for p in root.glob("checkpoint_*") if (i := _index(p)) is not None and (p / STATE_FILE).is_file()]
+    return [(json.loads((p / STATE_FILE).read_text())["step"], p) for _, p in sorted(found)]
+
+
+def _save_pretrained_hook(accelerator: Accelerator):
+    """A save-state pre hook that adds the model's `save_pretrained` folder to each checkpoint (main process)."""
+
+    def hook(models, weights, output_dir):
+        model = accelerator.unwrap_model(models[0]) if models else None
+        if accelerator.is_main_process and hasattr(model, "save_pretrained"):
+            model.save_pretrained(Path(output_dir) / MODEL_DIR)
+
+    return hook
+
+
+def save_checkpoint(accelerator: Accelerator, state: TrainerState) -> Path:
+    """`accelerator.save_state` into the next `checkpoints/checkpoint_<i>` (all ranks), then mark it complete."""
+    accelerator.save_state()
+    path = Path(accelerator.project_dir) / CHECKPOINTS / f"checkpoint_{accelerator.save_iteration - 1}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(path / STATE_FILE, {"step": state.step})
+    accelerator.wait_for_everyone()
+    return path
 
 
 def _save_model(accelerator: Accelerator, model, target: Path) -> None:
-    """`save_pretrained` into a temporary folder, then move it (or its files) into `target`."""
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """`save_pretrained` into a temporary folder, then move its files into `target` one by one, each atomically."""
+    tmp = temporary_sibling(target)
     accelerator.unwrap_model(model).save_pretrained(tmp)
-    if target.exists():  # the run's own folder: move files in one by one, each atomically
-        for item in tmp.iterdir():
-            os.replace(item, target / item.name)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, target)
-
-
-def save_checkpoint(accelerator: Accelerator, model, config: TrainingConfig, step: int, final: bool = False) -> None:
-    """`state-<step>` (resumable) on all ranks, then `checkpoint-<step>` or the final model on rank 0."""
-    out = Path(config.output_dir)
-    tmp = out / f".state-{step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _atomic_write_text(tmp / STATE_FILE, json.dumps({"step": step}))
-        shutil.rmtree(out / f"state-{step}", ignore_errors=True)
-        os.replace(tmp, out / f"state-{step}")
-        _prune(out, "state", 1)
-        _save_model(accelerator, model, out if final else out / f"checkpoint-{step}")
-        _prune(out, "checkpoint", config.save_total_limit)
-    accelerator.wait_for_everyone()
+    target.mkdir(parents=True, exist_ok=True)
+    for item in tmp.iterdir():
+        os.replace(item, target / item.name)
+    tmp.rmdir()
 
 
 def best_model_dir(output_dir) -> Path | None:
     """`<output_dir>/best` if a `keep_best` run saved one there, else None."""
-    best = Path(output_dir) / "best"
+    best = Path(output_dir) / BEST_DIR
     return best if (best / BEST_FILE).is_file() else None
 
 
@@ -133,28 +153,41 @@ def _maybe_save_best(accelerator: Accelerator, model, config: TrainingConfig, re
     loss = record.get("eval_loss")
     if not config.keep_best or loss is None or (best is not None and loss >= best):
         return best
-    if accelerator.is_main_process:
-        target = Path(config.output_dir) / "best"
-        (target / BEST_FILE).unlink(missing_ok=True)  # a half-written best folder never looks finished
-        _save_model(accelerator, model, target)
-        _atomic_write_text(target / BEST_FILE, json.dumps({"step": record["step"], "eval_loss": loss}))
+    if accelerator.is_main_process:  # written aside, then swapped in whole: a half-written best never shows
+        target = Path(config.output_dir) / BEST_DIR
+        tmp = temporary_sibling(target)
+        accelerator.unwrap_model(model).save_pretrained(tmp)
+        atomic_write_json(tmp / BEST_FILE, {"step": record["step"], "eval_loss": loss})
+        replace_dir(tmp, target)
     accelerator.wait_for_everyone()
     return loss
 
 
-def _resume(accelerator: Accelerator, config: TrainingConfig) -> int:
-    """Load the latest `state-<step>` if any (and `config.resume`); drop log lines past it. Returns the step."""
-    states = _state_dirs(Path(config.output_dir))
-    if not (config.resume and states):
+def _resume(accelerator: Accelerator, config: TrainingConfig, state: TrainerState) -> int:
+    """Load the latest complete checkpoint (if `config.resume`) and drop log lines past it; returns the step.
+
+    Incomplete checkpoints (a kill mid-save) are removed; without `resume` all old checkpoints are.
+    """
+    root, log = Path(config.output_dir) / CHECKPOINTS, Path(config.output_dir) / "log.jsonl"
+    complete = list_checkpoints(config.output_dir) if config.resume else []
+    if accelerator.is_main_process and root.is_dir():
+        keep = {p for _, p in complete}
+        for path in root.iterdir():
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if not complete:
+        if accelerator.is_main_process and log.exists():
+            log.unlink()
         return 0
-    step, path = states[-1]
+    step, path = complete[-1]
     accelerator.load_state(str(path))
-    log = Path(config.output_dir) / "log.jsonl"
+    accelerator.project_configuration.iteration = _index(path) + 1
     if accelerator.is_main_process and log.exists():
         kept = [line for line in log.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        _atomic_write_text(log, "".join(f"{line}\n" for line in kept))
-    accelerator.print(f"resumed from {path} at step {step}")
-    return step
+        atomic_write_text(log, "".join(f"{line}\n" for line in kept))
+    accelerator.print(f"resumed from {path} at step {state.step}")
+    return state.step
 
 
 def _write_log(accelerator: Accelerator, config: TrainingConfig, record: dict) -> None:
@@ -218,9 +251,11 @@ def _batches(accelerator: Accelerator, loader, start_batch: int):
 
 
 def _setup(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset):
+    project = ProjectConfiguration(project_dir=config.output_dir, automatic_checkpoint_naming=True,
+                                   total_limit=config.save_total_limit)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, project_config=project,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(config.seed)
@@ -233,8 +268,10 @@ def _setup(model, train_dataset, collate_fn, config: TrainingConfig, eval_datase
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-    accelerator.register_for_checkpointing(scheduler)
-    return accelerator, model, optimizer, scheduler, loader, eval_loader
+    state = TrainerState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    accelerator.register_save_state_pre_hook(_save_pretrained_hook(accelerator))
+    return accelerator, model, optimizer, scheduler, loader, eval_loader, state
 
 
 def _log_step(accelerator, model, config, step, sums, count, scheduler, eval_loader, started) -> dict:
@@ -249,20 +286,28 @@ def _log_step(accelerator, model, config, step, sums, count, scheduler, eval_loa
 def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset=None) -> dict:
     """Train `model` (whose forward returns a `ModelOutput` with `loss`) and save it with `save_pretrained`.
 
-    Returns the last log record plus `step`, `num_processes` and `output_dir`.
+    Args:
+        model: an `nn.Module` with `save_pretrained(folder)`; its forward takes a collated batch as keywords.
+        train_dataset: rows for `collate_fn` (map-style: `len` and indexing).
+        collate_fn: rows -> batch dict.
+        config: the run's settings; `config.output_dir` receives everything.
+        eval_dataset: rows for `eval_*` scalars at log steps (None: no evaluation).
+
+    Returns:
+        The last log record plus `step`, `num_processes` and `output_dir`.
     """
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    accelerator, model, optimizer, scheduler, loader, eval_loader = _setup(
+    accelerator, model, optimizer, scheduler, loader, eval_loader, state = _setup(
         model, train_dataset, collate_fn, config, eval_dataset)
     if accelerator.is_main_process:
-        _atomic_write_text(Path(config.output_dir) / "training_config.json", json.dumps(asdict(config), indent=2))
-    step = _resume(accelerator, config)
+        atomic_write_json(Path(config.output_dir) / "training_config.json", asdict(config))
+    state.step = _resume(accelerator, config, state)
     model.train()
     started, sums, count, record, seen = time.time(), {}, 0, {}, 0
-    best = _best_loss(config) if step else None
-    bar = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
-    stream = _batches(accelerator, loader, step * config.gradient_accumulation_steps)
-    while step < config.max_steps:
+    best = _best_loss(config) if state.step else None
+    bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc="train")
+    stream = _batches(accelerator, loader, state.step * config.gradient_accumulation_steps)
+    while state.step < config.max_steps:
         _, batch = next(stream)
         seen += 1
         for k, v in train_step(accelerator, model, batch, optimizer, scheduler, config).items():
@@ -270,22 +315,25 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
         count += 1
         if not accelerator.sync_gradients:
             continue
-        step += 1
+        state.step += 1
         bar.update(1)
         out_of_time = config.max_time_s is not None and time.time() - started > config.max_time_s
-        if step % config.log_every == 0 or step == config.max_steps or out_of_time:
-            record = _log_step(accelerator, model, config, step, sums, count, scheduler, eval_loader, started)
+        if state.step % config.log_every == 0 or state.step == config.max_steps or out_of_time:
+            record = _log_step(accelerator, model, config, state.step, sums, count, scheduler, eval_loader, started)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
             best = _maybe_save_best(accelerator, model, config, record, best)
             sums, count = {}, 0
         if out_of_time:
             break
-        if step % config.save_every == 0 and step < config.max_steps:
-            save_checkpoint(accelerator, model, config, step)
+        if state.step % config.save_every == 0 and state.step < config.max_steps:
+            save_checkpoint(accelerator, state)
     bar.close()
-    save_checkpoint(accelerator, model, config, step, final=True)
+    save_checkpoint(accelerator, state)
+    if accelerator.is_main_process:
+        _save_model(accelerator, model, Path(config.output_dir))
     _write_rank_record(accelerator, config, seen)
-    return {**record, "step": step, "num_processes": accelerator.num_processes, "output_dir": config.output_dir}
+    accelerator.wait_for_everyone()
+    return {**record, "step": state.step, "num_processes": accelerator.num_processes, "output_dir": config.output_dir}
 
 
 def _write_rank_record(accelerator: Accelerator, config: TrainingConfig, batches_seen: int) -> None:
@@ -293,4 +341,4 @@ def _write_rank_record(accelerator: Accelerator, config: TrainingConfig, batches
     ranks = Path(config.output_dir) / "ranks"
     ranks.mkdir(exist_ok=True)
     record = {"rank": accelerator.process_index, "world_size": accelerator.num_processes, "batches_seen": batches_seen}
-    _atomic_write_text(ranks / f"rank-{accelerator.process_index}.json", json.dumps(record))
+    atomic_write_json(ranks / f"rank-{accelerator.process_index}.json", record, indent=None)

@@ -1,0 +1,131 @@
+"""What generated nets are compared with: retrieval, zoo averages, the ridge map (with their per-run caches), and
+the fine-tuning speed ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ...layout.param_layout import ParamLayout
+from ..architectures import build_model
+from ..tasks import Task
+from ..zoo import evaluate_accuracy
+from .novelty import checkpoint_nearest_median, novelty
+from .zoo_index import RIDGE_ALPHAS, ConditionFn, StateDict, ZooIndex, make_model
+
+
+def fit_ridge_hypernetwork(conditions: np.ndarray, weights: np.ndarray, val_fn: Callable[[object], float],
+                           alphas: tuple[float, ...] = RIDGE_ALPHAS):
+    """Ridge regression condition (n, c) -> flat weights (n, p); alpha maximising `val_fn(model)` (a validation
+    score, e.g. mean validation-split accuracy on validation tasks). Returns (model, alpha, scores)."""
+    from sklearn.linear_model import Ridge
+
+    if len(conditions) != len(weights) or len(conditions) < 2:
+        raise ValueError(f"Ridge map: expected >= 2 matching rows, got {len(conditions)} conditions, "
+                         f"{len(weights)} weights.")
+    scores, models = {}, {}
+    for alpha in alphas:
+        models[alpha] = Ridge(alpha=alpha).fit(conditions, weights)
+        scores[alpha] = float(val_fn(models[alpha]))
+    best = max(alphas, key=lambda a: scores[a])
+    return models[best], best, scores
+
+
+def steps_to_reach(curve: list[dict], target: float) -> int | None:
+    """First recorded step whose validation accuracy >= target (None: never, censored at the curve's end)."""
+    return next((p["step"] for p in curve if p["val_accuracy"] >= target), None)
+
+
+def steps_ratio(gen_curve: list[dict], rand_curve: list[dict], target: float) -> dict:
+    """Steps from generated init / steps from random init to reach `target`; censored values are bounds."""
+    cap = gen_curve[-1]["step"]
+    g, r = steps_to_reach(gen_curve, target), steps_to_reach(rand_curve, target)
+    if r is None:  # random never reached: ratio <= g / cap (or unknown when both never reached)
+        return {"generated_steps": g, "random_steps": None, "cap": cap, "ratio": None if g is None else g / cap,
+                "censored": "random init did not reach the target; ratio is an upper bound" if g is not None
+                else "neither reached"}
+    if g is None:
+        return {"generated_steps": None, "random_steps": r, "cap": cap, "ratio": cap / max(r, 1),
+                "censored": "generated init did not reach the target; ratio is a lower bound"}
+    return {"generated_steps": g, "random_steps": r, "cap": cap, "ratio": g / max(r, 1), "censored": None}
+
+
+class BaselineCache:
+    """Per-run caches of one evaluation: conditions, training nets, zoo averages, ridge maps (by architecture,
+    dataset and output size), and the retrieval of the nearest training task."""
+
+    def __init__(self, zoo: ZooIndex, condition_fn: ConditionFn, seed: int):
+        self.zoo, self.condition_fn, self.seed = zoo, condition_fn, seed
+        self._conditions: dict[str, np.ndarray] = {}
+        self._cache: dict[tuple, object] = {}
+
+    def condition(self, task: Task) -> np.ndarray:
+        if task.task_id not in self._conditions:
+            self._conditions[task.task_id] = np.asarray(self.condition_fn(task), dtype=np.float32).reshape(-1)
+        return self._conditions[task.task_id]
+
+    def train_entries(self, arch: str, task: Task, init: str | None = None) -> list[dict]:
+        return [e for e in self.zoo.checkpoints(arch, "train", num_classes=task.num_classes, init=init)
+                if self.zoo.tasks[e["task_id"]].dataset == task.dataset]
+
+    def train_nets(self, arch: str, task: Task) -> list[StateDict]:
+        key = ("nets", arch, task.dataset, task.num_classes)
+        if key not in self._cache:
+            self._cache[key] = [self.zoo.state_dict(e) for e in self.train_entries(arch, task)]
+        return self._cache[key]
+
+    def novelty(self, nets: list[StateDict], arch: str, task: Task) -> dict:
+        train = self.train_nets(arch, task)
+        key = ("median", arch, task.dataset, task.num_classes)
+        if key not in self._cache:
+            self._cache[key] = checkpoint_nearest_median(train, seed=self.seed)
+        return novelty(nets, train, self._cache[key])
+
+    def zoo_average(self, arch: str, task: Task) -> StateDict | None:
+        nets = self.train_nets(arch, task)
+        return {k: torch.stack([n[k].float() for n in nets]).mean(0) for k in nets[0]} if nets else None
+
+    def retrieve(self, arch: str, task: Task) -> tuple[str, float] | None:
+        """(task id, cosine) of the nearest other training task with checkpoints of `arch` (leave-one-out)."""
+        ids = sorted({e["task_id"] for e in self.train_entries(arch, task)} - {task.task_id})
+        if not ids:
+            return None
+        q = self.condition(task)
+        conds = np.stack([self.condition(self.zoo.tasks[t]) for t in ids])
+        cos = conds @ q / (np.linalg.norm(conds, axis=1) * np.linalg.norm(q) + 1e-12)
+        return ids[int(np.argmax(cos))], float(cos.max())
+
+    def ridge(self, arch: str, task: Task):
+        """(ridge model, layout, alpha, scores) for (arch, dataset, num_classes), fit once; None without data."""
+        key = ("ridge", arch, task.dataset, task.num_classes)
+        if key in self._cache:
+            return self._cache[key]
+        entries = self.train_entries(arch, task, init="shared-0")
+        layout = ParamLayout.from_module(build_model(arch, task.num_classes))
+        validation_tasks = sorted({e["task_id"] for e in self.zoo.checkpoints(arch, "validation",
+                                                                              num_classes=task.num_classes)
+                                   if self.zoo.tasks[e["task_id"]].dataset == task.dataset})[:4]
+        if len(entries) < 2 or not validation_tasks:
+            self._cache[key] = None
+            return None
+        X = np.stack([self.condition(self.zoo.tasks[e["task_id"]]) for e in entries])
+        Y = np.stack([layout.flatten(self.zoo.state_dict(e)).numpy() for e in entries])
+
+        def validation_score(model) -> float:
+            accs = []
+            for tid in validation_tasks:
+                t = self.zoo.tasks[tid]
+                sd = ridge_state_dict(model, layout, self.condition(t))
+                accs.append(evaluate_accuracy(make_model(arch, t.num_classes, sd), t, "validation"))
+            return float(np.mean(accs))
+
+        model, alpha, scores = fit_ridge_hypernetwork(X, Y, validation_score)
+        self._cache[key] = (model, layout, alpha, scores)
+        return self._cache[key]
+
+
+def ridge_state_dict(model, layout: ParamLayout, condition: np.ndarray) -> StateDict:
+    """The weights a fitted ridge map predicts for one condition vector."""
+    return layout.unflatten(torch.as_tensor(model.predict(condition[None])[0], dtype=torch.float32))

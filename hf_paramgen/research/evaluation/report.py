@@ -1,0 +1,57 @@
+"""The evaluation's tables (markdown) and fine-tuning curve plot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ...utils import temporary_sibling
+from .zoo_index import ARCH_COLUMNS, EVAL_SPLITS, METHODS
+
+TABLE_KEYS = (*METHODS, "random_init_finetuned", "retrieval_finetuned", "finetune_steps_ratio", "retrieval_steps_ratio",
+              "novelty_ratio", "novelty_ratio_retrieval_noise", "error_agreement_with_nearest", "fraction_of_trained",
+              "retrieval_gap_closed", "num_tasks")
+
+
+def format_table(result: dict, splits: tuple[str, ...] = EVAL_SPLITS) -> str:
+    """Rows = methods, columns = splits (mean test accuracy; ratios last)."""
+    splits = tuple(s for s in splits if s in result)
+    fmt = lambda v: "null" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    lines += [f"| {k} | " + " | ".join(fmt(result[s].get(k)) for s in splits) + " |" for k in TABLE_KEYS]
+    return "\n".join(lines)
+
+
+def format_architecture_table(result: dict, splits: tuple[str, ...] = EVAL_SPLITS) -> str:
+    """Rows = (split, architecture), columns = methods (mean test accuracy)."""
+    fmt = lambda v: "null" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| split | architecture | " + " | ".join(ARCH_COLUMNS) + " |", "|---|---|" + "---|" * len(ARCH_COLUMNS)]
+    for split in (s for s in splits if s in result):
+        for arch, means in result[split].get("per_architecture", {}).items():
+            lines.append(f"| {split} | {arch} | " + " | ".join(fmt(means[m]) for m in ARCH_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict, path: str | os.PathLike) -> None:
+    """PNG of mean fine-tuning curves (validation accuracy vs step) per split: generated / random / retrieval init;
+    written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = [s for s in EVAL_SPLITS if result["curves"].get(s)]  # splits with no evaluated task get no panel
+    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for init, curve in result["curves"][split].items():
+            ax.plot(result["curves"]["steps"][: len(curve)], curve, label=f"{init.replace('_init', '')} init")
+        ax.set(title=split, xlabel="fine-tuning step", ylabel="validation accuracy")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = temporary_sibling(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, Path(path))
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
