@@ -16,10 +16,13 @@ install: $(STAMP)
 demo: $(STAMP)      ## the main job, end to end, on the embedded default
 	$(BIN)/hf-paramgen demo --output_dir outputs/demo
 
-test: $(STAMP)      ## default (fast) test suite
+lint: $(STAMP)      ## ruff (configured in pyproject.toml)
+	$(BIN)/ruff check .
+
+test: lint          ## ruff, then the default (fast) test suite
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP) ## slow tests only
 	$(BIN)/python -m pytest -m slow
 
-.PHONY: install demo test test-slow
+.PHONY: install demo lint test test-slow

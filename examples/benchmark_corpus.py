@@ -52,7 +52,8 @@ def make_checkpoints(folder: Path, num_models: int, params_per_model: int) -> li
         model = ZooNet(kind="mlp", input_shape=[d_in], hidden_sizes=[hidden], num_classes=10)
         path = folder / f"synthetic-{i:03d}"
         model.save_pretrained(path)
-        meta = ModelCardData(task_id=f"synthetic-{i}", instruction="random weights", architecture=f"mlp-{d_in}-{hidden}",
+        meta = ModelCardData(task_id=f"synthetic-{i}", instruction="random weights",
+                             architecture=f"mlp-{d_in}-{hidden}",
                              seed=i, init="default", split="train")
         ModelCard.from_template(meta, template_str="---\n{{ card_data }}\n---\n").save(path / "README.md")
         paths.append(path)
@@ -97,7 +98,8 @@ def child_build(spec: str) -> None:
         chunks.with_format("numpy")[idx]
         times["numpy"].append(time.perf_counter() - tic)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "params": sum(corpus["models"]["num_params"]), "models": len(corpus["models"]),
+    print(json.dumps({"seconds": seconds, "params": sum(corpus["models"]["num_params"]),
+                      "models": len(corpus["models"]),
                       "chunks": len(corpus["chunks"]), "peak_rss_mb": peak, "base_rss_mb": base,
                       "peak_anon_rss_mb": anon[0], "batch256_ms": 1000 * float(np.median(times["arrow"])),
                       "batch256_numpy_format_ms": 1000 * float(np.median(times["numpy"]))}))
@@ -138,8 +140,10 @@ def main() -> None:
         if not (args.skip_zoo_corpus or args.no_zoo):  # the real zoo's train split
             zoo = measure([args.zoo_dir], Path(tmp) / "zoo_corpus", args.chunk_size, ["train"])
     result.update({
-        "corpus_models": synthetic["models"], "corpus_params": synthetic["params"], "corpus_chunks": synthetic["chunks"],
-        "corpus_build_seconds": synthetic["seconds"], "corpus_params_per_second": synthetic["params"] / synthetic["seconds"],
+        "corpus_models": synthetic["models"], "corpus_params": synthetic["params"],
+        "corpus_chunks": synthetic["chunks"],
+        "corpus_build_seconds": synthetic["seconds"],
+        "corpus_params_per_second": synthetic["params"] / synthetic["seconds"],
         "corpus_peak_rss_mb": synthetic["peak_rss_mb"], "corpus_base_rss_mb": synthetic["base_rss_mb"],
         "corpus_peak_anon_rss_mb": synthetic["peak_anon_rss_mb"], "corpus_random_batch256_ms": synthetic["batch256_ms"],
         "corpus_random_batch256_numpy_format_ms": synthetic["batch256_numpy_format_ms"],

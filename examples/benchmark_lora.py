@@ -1,6 +1,7 @@
 """Benchmark generated LoRA adapters against baselines on an adapter zoo's held-out tasks.
 
-For each base ("mnist-mlp", "minilm") and each held-out task of its zoo (`outputs/adapter_zoo_shared/<base>` by default):
+For each base ("mnist-mlp", "minilm") and each held-out task of its zoo (`outputs/adapter_zoo_shared/<base>` by
+default):
 
 * ``generated``: test accuracy of the best of k generated adapters (best picked on the task's validation split),
 * ``base_only``: the base model without adapter,
@@ -9,13 +10,15 @@ For each base ("mnist-mlp", "minilm") and each held-out task of its zoo (`output
 * ``seconds_per_adapter``: generation wall time per adapter (incl. decode), and
 * ``seconds_to_train_adapter`` (zoo manifest).
 
-A ParamTokenizer and a prior are trained (time-capped, resumable) under `outputs/lora_bench_shared/<base>/` by default when missing.
+A ParamTokenizer and a prior are trained (time-capped, resumable) under `outputs/lora_bench_shared/<base>/` by
+default when missing.
 If the generator cannot be built, the baselines are still reported with ``generated: null`` and the reason.
 
     hf-paramgen build-adapter-zoo --base mnist-mlp --preset shared --output_dir outputs/adapter_zoo_shared/mnist-mlp
     python examples/benchmark_lora.py --json outputs/lora_bench_shared/results.json --base mnist-mlp \
         --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 240 --k 4
-    hf-paramgen build-adapter-zoo --base minilm --preset shared --num_workers 2 --output_dir outputs/adapter_zoo_shared/minilm
+    hf-paramgen build-adapter-zoo --base minilm --preset shared --num_workers 2 \
+        --output_dir outputs/adapter_zoo_shared/minilm
     python examples/benchmark_lora.py --json outputs/lora_bench_shared/results.json --base minilm \
         --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 300 \
         --prior_seconds 1800 --k 4 --num_eval_tasks 60
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -35,9 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hf_paramgen.adapters.lora import apply_adapter, load_adapter, lora_layout
+from hf_paramgen.adapters import apply_adapter, load_adapter, lora_layout
 from hf_paramgen.conditioning import make_text_encoder
-from hf_paramgen.research.adapter_zoo import PRESETS, _context, build_adapter_zoo
+from hf_paramgen.research.adapter_zoo import PRESETS, adapter_zoo_context, build_adapter_zoo
+from hf_paramgen.utils import atomic_write_json
 
 BASES = ("mnist-mlp", "minilm")
 KEYS = ("generated", "base_only", "trained_adapter", "retrieval", "seconds_per_adapter", "seconds_to_train_adapter")
@@ -54,7 +57,7 @@ class ZooBench:
         self.zoo_dir = zoo_dir
         self.manifest = json.loads((zoo_dir / "manifest.json").read_text())
         self.base = self.manifest["base"]
-        self.ctx = _context(self.base, zoo_dir)
+        self.ctx = adapter_zoo_context(self.base, zoo_dir)
         self.tasks = {t["task_id"]: t for t in self.manifest["tasks"]}
         heldout = list(self.manifest.get("heldout_tasks") or [])
         # tiny zoos have no held-out split: fall back to all tasks (retrieval still excludes the task itself)
@@ -65,7 +68,7 @@ class ZooBench:
         return [a for a in self.manifest["adapters"] if a["task_id"] == task_id]
 
     def accuracy(self, model: torch.nn.Module, task_id: str, split: str) -> float:
-        return float(self.ctx._accuracy(model.eval(), self.tasks[task_id], split))
+        return float(self.ctx.accuracy(model.eval(), self.tasks[task_id], split))
 
     def adapter_accuracy(self, adapter_path: str, task_id: str, split: str = "test") -> float:
         model = load_adapter(self.ctx.load_base(), self.zoo_dir / adapter_path)
@@ -112,7 +115,7 @@ def build_generator(zb: ZooBench, work: Path, train_seconds: float, prior_second
         datasets = ["mnist"] if zb.base == "mnist-mlp" else ["text"]  # few-shot digits / labelled texts
         tok_config = ParamTokenizer.from_pretrained(tok).config
         layout = lora_layout(zb.ctx.load_base(), zb.ctx.lora_config)
-        codes = num_chunks(layout, tok_config.chunk_size, tok_config.aggregation) * tok_config.tokens_per_chunk
+        codes = num_chunks(layout, tok_config.chunk_size, tok_config.aggregation) * tok_config.codes_per_chunk
         context = codes + ParamPriorConfig().max_condition_tokens + 1  # the whole adapter in one block
         cli_train_prior(["--corpus", str(corpus), "--param_tokenizer", str(tok), "--output_dir", str(gen),
                          "--sample_datasets", *datasets, "--max_time_s", str(prior_seconds or train_seconds),
@@ -131,7 +134,7 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
     generator = ParamGenerator.from_pretrained(gen_dir)
     lora_config = zb.ctx.lora_config
     layout = lora_layout(zb.ctx.load_base(), lora_config)
-    tests, vals, seconds, per_task = [], [], [], {}
+    tests, validations, seconds, per_task = [], [], [], {}
     for i, task_id in enumerate(tqdm(zb.eval_ids, desc=f"generate ({zb.base})", unit="task")):
         task = zb.tasks[task_id]
         if zb.base == "mnist-mlp":
@@ -139,17 +142,18 @@ def generated(zb: ZooBench, gen_dir: Path, k: int) -> dict:
         else:  # 5 labelled training texts per topic, embedded by the generator's text encoder (timed below)
             samples = text_few_shot_samples(task, per_class=5)
         start = time.perf_counter()
-        result = generator.generate(layout, task["instruction"], samples=samples, num_samples=k, seed=i)
+        result = generator.generate(layout, task["instruction"], samples, k, seed=i)  # k candidates
         seconds.append((time.perf_counter() - start) / k)
         models = [apply_adapter(zb.ctx.load_base(), sd, lora_config) for sd in result.state_dicts]
-        val = [zb.accuracy(m, task_id, "val") for m in models]
-        best = int(np.argmax(val))
-        vals.append(val[best])
+        validation = [zb.accuracy(m, task_id, "validation") for m in models]
+        best = int(np.argmax(validation))
+        validations.append(validation[best])
         tests.append(zb.accuracy(models[best], task_id, "test"))
         per_task[task_id] = round(tests[-1], 4)
     from hf_paramgen.generation.generator import resolve_decoding
 
-    return {"generated": _mean(tests), "generated_val": _mean(vals), "seconds_per_adapter": _mean(seconds),
+    return {"generated": _mean(tests), "generated_validation": _mean(validations),
+            "seconds_per_adapter": _mean(seconds),
             "decoding": resolve_decoding(generator.param_tokenizer.config, None), "generated_per_task": per_task}
 
 
@@ -199,10 +203,7 @@ def _size_note(zoo_dir: Path) -> str:
 def _write_results(out: Path, results: dict) -> None:
     """Merge `results` into the JSON at `out` (other bases kept), atomically."""
     old = json.loads(out.read_text()) if out.is_file() else {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({**old, **results}, indent=2))
-    os.replace(tmp, out)
+    atomic_write_json(out, {**old, **results})
 
 
 def print_table(results: dict) -> None:
@@ -223,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True, help="where to write the results (keyed by base)")
     p.add_argument("--base", nargs="+", choices=BASES, default=list(BASES))
     p.add_argument("--train_seconds", type=float, default=180.0, help="time cap of each of tokenizer / prior training")
-    p.add_argument("--prior_seconds", type=float, default=None, help="time cap of prior training (default: --train_seconds)")
+    p.add_argument("--prior_seconds", type=float, default=None,
+                   help="time cap of prior training (default: --train_seconds)")
     p.add_argument("--k", type=int, default=4, help="generated adapters per task (best on validation)")
     p.add_argument("--zoo_root", default="outputs/adapter_zoo_shared", help="holds <base>/ adapter zoos")
     p.add_argument("--work_root", default="outputs/lora_bench_shared", help="corpus, tokenizer and generator per base")
     p.add_argument("--small", action="store_true", help="tiny mnist-mlp zoo under work_root, baselines only")
-    p.add_argument("--num_eval_tasks", type=int, default=None, help="evaluate the first N held-out tasks (default: all)")
+    p.add_argument("--num_eval_tasks", type=int, default=None,
+                   help="evaluate the first N held-out tasks (default: all)")
     p.add_argument("--generator_bases", nargs="*", default=list(BASES),
                    help="bases to train/run a generator for (others: baselines only, generated=null with the reason)")
     args = p.parse_args(argv)

@@ -38,6 +38,7 @@ from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
 from hf_paramgen.models.quantizer import code_statistics
 from hf_paramgen.research.architectures import build_model
 from hf_paramgen.training.loop import TrainingConfig, train
+from hf_paramgen.utils import atomic_write_json, temporary_sibling
 
 HELDOUT = ("validation", "heldout_task", "heldout_architecture")
 # name -> ParamTokenizerConfig overrides; "default" is the shipped default configuration.
@@ -113,7 +114,8 @@ def digits_zoo(small: bool) -> list[Net]:
 
 
 def zoo_nets(zoo_dir: str, max_per_split: int, max_train: int) -> list[Net]:
-    """Networks of a zoo built by `hf_paramgen.research.zoo` (at most `max_train` train / `max_per_split` other per split)."""
+    """Networks of a zoo built by `hf_paramgen.research.zoo` (at most `max_train` train / `max_per_split` other per
+    split)."""
     import random
 
     from hf_paramgen.research import zoo
@@ -188,7 +190,7 @@ def evaluate_setting(model: ParamTokenizer, nets: list[Net]) -> dict:
     codes = model.encode_batch([n.model for n in held], [n.layout for n in held])
     rebuilt = model.decode_batch(codes, [n.layout for n in held])
     rows = []
-    for net, sd in zip(held, rebuilt):
+    for net, sd in zip(held, rebuilt, strict=True):
         copy = build_like(net.model)
         copy.load_state_dict(sd, strict=False)
         before, after = net.accuracy(net.model), net.accuracy(copy.eval())
@@ -229,13 +231,17 @@ def plot(results: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("mean accuracy drop on held-out nets (pp)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    tmp = temporary_sibling(path)
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def table(results: dict[str, dict]) -> str:
-    head = f"{'setting':<20} {'bits/param':>10} {'mean drop pp':>12} {'worst pp':>9} {'usage':>6} {'params/s':>10} {'vs copy':>8}"
+    head = (f"{'setting':<20} {'bits/param':>10} {'mean drop pp':>12} {'worst pp':>9} {'usage':>6} {'params/s':>10} "
+            f"{'vs copy':>8}")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         lines.append(f"{name:<20} {r['bits_per_param']:>10.3f} {r['heldout_mean_accuracy_drop_pp']:>12.3f} "
@@ -282,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     default = results.get("default", next(iter(results.values())))
     report = {**{k: v for k, v in default.items() if k != "networks"}, "source": "zoo" if use_zoo else "digits",
               "settings": results, "plot": str(out.with_suffix(".png"))}
-    tmp_json = out.with_name(f".{out.name}.tmp")
-    tmp_json.write_text(json.dumps(report, indent=2))
-    os.replace(tmp_json, out)
+    atomic_write_json(out, report)
     return 0
 
 

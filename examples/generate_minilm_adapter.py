@@ -22,7 +22,7 @@ from hf_paramgen.research.adapter_zoo import (
     MINILM_CLASSES,
     STDLIB_TOPICS,
     TEXT_DATASET,
-    _context,
+    adapter_zoo_context,
     load_zoo_base,
     text_few_shot_samples,
 )
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generator", default="outputs/lora_bench_shared/minilm/generator")
     p.add_argument("--zoo_dir", default="outputs/adapter_zoo_shared/minilm", help="adapter zoo whose base to adapt")
     p.add_argument("--output_dir", default="outputs/my_minilm_adapter")
-    p.add_argument("--num_samples", type=int, default=4)
+    p.add_argument("--num_candidates", "--num_samples", type=int, default=4, dest="num_candidates",
+                   help="adapters generated, best of them kept (--num_samples: the old name)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     unknown = [t for t in args.topics if t not in STDLIB_TOPICS]
@@ -45,20 +46,21 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).is_dir():
             p.error(f"no {what} at {path}; build it with the commands in examples/benchmark_lora.py")
     torch.set_num_threads(2)
+    task_text = ("Classify a Python standard-library docstring by topic: "
+                 + ", ".join(f"output {k} for {t}" for k, t in enumerate(args.topics)) + ".")
     task = {"task_id": "custom", "classes": list(args.topics), "dataset": TEXT_DATASET, "num_classes": MINILM_CLASSES,
-            "instruction": "Classify a Python standard-library docstring by topic: "
-                           + ", ".join(f"output {k} for {t}" for k, t in enumerate(args.topics)) + "."}
+            "instruction": task_text}
     texts, labels = text_few_shot_samples(task, per_class=5)  # 5 training docstrings per topic
     generate = pipeline("parameter-generation", model=args.generator)
     lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=["head"])
-    out = generate({"target": (load_zoo_base(args.zoo_dir), lora_config), "task": task["instruction"],
-                    "samples": (texts, labels)}, num_samples=args.num_samples, seed=args.seed, output="peft")
+    out = generate({"target": (load_zoo_base(args.zoo_dir), lora_config), "task_text": task_text,
+                    "samples": (texts, labels)}, num_candidates=args.num_candidates, seed=args.seed, output="peft")
     out["model"].save_pretrained(args.output_dir)  # PEFT's own format
     model = PeftModel.from_pretrained(load_zoo_base(args.zoo_dir), args.output_dir)
-    ctx = _context("minilm", Path(args.zoo_dir))
-    result = {"task": task["instruction"], "adapter": args.output_dir,
-              "test_accuracy": round(ctx._accuracy(model, task, "test"), 4),
-              "base_only_test_accuracy": round(ctx._accuracy(load_zoo_base(args.zoo_dir), task, "test"), 4)}
+    ctx = adapter_zoo_context("minilm", Path(args.zoo_dir))
+    result = {"task_text": task_text, "adapter": args.output_dir,
+              "test_accuracy": round(ctx.accuracy(model, task, "test"), 4),
+              "base_only_test_accuracy": round(ctx.accuracy(load_zoo_base(args.zoo_dir), task, "test"), 4)}
     print(json.dumps(result, indent=2))
     return 0
 

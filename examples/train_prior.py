@@ -3,6 +3,7 @@
     accelerate launch examples/train_prior.py --corpus outputs/generator_work/corpus \
         --param_tokenizer outputs/tok_bench/final_runs/default --output_dir outputs/generator
 
+A `--corpus` written by `hf-paramgen encode-corpus` with the same ParamTokenizer gives its cached codes.
 All options: `hf-paramgen train-prior --help` (this script is that command).
 """
 

@@ -8,9 +8,12 @@ import sys
 # subcommand -> (module, function taking argv: list[str]), imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build-zoo": ("hf_paramgen.research.zoo", "cli_build_zoo", "train a model zoo of small nets on real data"),
-    "build-adapter-zoo": ("hf_paramgen.research.adapter_zoo", "cli_build_adapter_zoo", "train LoRA adapter zoos (MNIST MLP base, MiniLM base)"),
-    "build-corpus": ("hf_paramgen.data.corpus", "cli_build_corpus", "turn checkpoints (Hub ids or folders) into a weight corpus"),
-    "train-tokenizer": ("hf_paramgen.training.tokenizer", "cli_train_tokenizer", "train the ParamTokenizer (VQ-VAE) on a corpus"),
+    "build-adapter-zoo": ("hf_paramgen.research.adapter_zoo", "cli_build_adapter_zoo",
+                          "train LoRA adapter zoos (MNIST MLP base, MiniLM base)"),
+    "build-corpus": ("hf_paramgen.data.corpus", "cli_build_corpus",
+                     "turn checkpoints (Hub ids or folders) into a weight corpus"),
+    "train-tokenizer": ("hf_paramgen.training.tokenizer", "cli_train_tokenizer",
+                        "train the ParamTokenizer (VQ-VAE) on a corpus"),
     "encode-corpus": ("hf_paramgen.data.encoding", "cli_encode_corpus", "add ParamTokenizer codes to a corpus"),
     "train-prior": ("hf_paramgen.training.prior", "cli_train_prior", "train the instruction-conditioned prior"),
     "generate": ("hf_paramgen.research.generate", "cli_generate", "generate a network from an instruction"),

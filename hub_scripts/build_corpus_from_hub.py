@@ -4,7 +4,8 @@
         --output_dir outputs/corpus --chunk_size 64 --aggregation layer
 
 Each `org/name[@revision]` is fetched with `snapshot_download` (HF cache, HF_ENDPOINT, offline mode
-honoured); the resolved commit sha of each repo is recorded in the corpus's `models` table and card.
+honoured); the resolved commit sha of each repo is recorded in the corpus's `models` table (the card's header
+summarises the distinct repos and revisions).
 Local folders may be mixed in. Then push it with `hub_scripts/push_corpus.py`.
 """
 
@@ -15,16 +16,17 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hf_paramgen.data import MODEL_SPLITS, CorpusError, build_corpus
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repo_ids", nargs="+", required=True, help="Hub ids org/name[@revision] (or local folders)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chunk_size", type=int, default=64)
     parser.add_argument("--aggregation", choices=("layer", "architecture"), default="layer")
-    parser.add_argument("--splits", nargs="+", default=None, help="keep only checkpoints of these splits")
+    parser.add_argument("--splits", nargs="+", choices=MODEL_SPLITS, default=None,
+                        help="keep only checkpoints of these model splits")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-
-    from hf_paramgen.data.corpus import CorpusError, build_corpus
 
     try:
         corpus = build_corpus(args.repo_ids, args.output_dir, chunk_size=args.chunk_size, aggregation=args.aggregation,

@@ -3,8 +3,9 @@
     python hub_scripts/push_corpus.py --corpus outputs/corpus --repo_id org/weight-corpus [--revision v1]
 
 Both tables go up as dataset configs "chunks" and "models" (`load_dataset(repo, "chunks")`,
-`hf_paramgen.data.corpus.load_corpus(repo)`); the card is rendered from `model_cards/weight_corpus.md`
-with the corpus's provenance (each checkpoint's repo id + revision). Prints the pushed commit sha.
+`hf_paramgen.data.load_corpus(repo)`); the card is rendered from the package's `weight_corpus.md` template with
+a summary of the corpus's provenance (per-model repo ids and revisions stay in the `models` table). Prints the
+pushed commit sha.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 
 def corpus_card_for(folder: Path):
-    """The card of a corpus folder, rendered from `model_cards/weight_corpus.md` and its `corpus_config.json`."""
+    """The card of a corpus folder, rendered from the `weight_corpus.md` template and its `corpus_config.json`."""
     from hf_paramgen.data.corpus import CONFIG_FILE, corpus_card, load_corpus
 
     config_file = folder / CONFIG_FILE
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from huggingface_hub import HfApi
 
-    from hf_paramgen.data.corpus import push_corpus
+    from hf_paramgen.data import push_corpus
 
     folder = Path(args.corpus)
     card = corpus_card_for(folder)

@@ -4,11 +4,12 @@
         --corpus org/weight-corpus@<sha> --corpus_dir outputs/corpus --zoo_manifest outputs/zoo/manifest.json \
         --train_log outputs/igpg/train_log.json --eval_json outputs/eval/generator.json
 
-Two commits: the first uploads the generator, saved through the pipeline so the repo holds
-`custom_pipelines` and the code (`pipeline(model=repo, trust_remote_code=True)` works without
-hf_paramgen); the second pins the ParamTokenizer in the prior's config (this repo, subfolder
-`param_tokenizer`, the first commit's sha) and adds the card rendered from
-`model_cards/param_generator.md`. Prints the final commit sha.
+Two commits: the first uploads the generator, re-saved with `ParamGenerator.save_pretrained` so the
+repo is a complete pipeline repo (`custom_pipelines`, `auto_map`, the flat remote code:
+`pipeline(model=repo, trust_remote_code=True)` works without hf_paramgen); the second pins the
+ParamTokenizer in the prior's config (this repo, subfolder `param_tokenizer`, the first commit's sha;
+the config also holds the sha256 of its weights, so a downloaded snapshot resolves the pin offline) and
+adds the card rendered from `model_cards/param_generator.md`. Prints the final commit sha.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def evaluation_rows(evaluation) -> list[dict]:
 def training_settings(config: dict, log: dict | None) -> list[tuple[str, object]]:
     """Prior config fields + decoder + scalar entries of a training log."""
     rows = [(k, config.get(k)) for k in TRAINING_KEYS if config.get(k) is not None]
-    decoder = config.get("transformer", {})
-    rows.append(("decoder", ", ".join(f"{k}={v}" for k, v in sorted(decoder.items()))))
+    decoder = config.get("transformer", {})  # the decoder's (diff) config dict
+    rows.append(("decoder", ", ".join(f"{k}={v}" for k, v in sorted(decoder.items()) if v is not None)))
     for key, value in (log or {}).items():
         if isinstance(value, (int, float, str, bool)):
             rows.append((key, value))
@@ -94,10 +95,8 @@ def render_generator_card(config: dict, repo_id: str, args: argparse.Namespace):
 def push_generator(args: argparse.Namespace) -> str:
     """Stage, push, pin and card the generator; returns the final commit sha."""
     from huggingface_hub import CommitOperationAdd, HfApi
-    from transformers import pipeline
 
-    import hf_paramgen  # noqa: F401  (registers the task)
-    from hf_paramgen.generation.pipeline_parameter_generation import PARAM_TOKENIZER_SUBFOLDER
+    from hf_paramgen.generation.generator import TOKENIZER_SUBFOLDER, ParamGenerator
 
     source = Path(args.generator)
     if not (source / "config.json").is_file():
@@ -106,7 +105,7 @@ def push_generator(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="push-generator-") as tmp:
         staged = Path(tmp) / "generator"
         shutil.copytree(source, staged, ignore=shutil.ignore_patterns(".git", ".cache", "README.md"))
-        pipeline("parameter-generation", model=str(staged)).save_pretrained(staged)  # custom_pipelines + code
+        ParamGenerator.from_pretrained(staged).save_pretrained(staged)  # a complete pipeline repo
         api.create_repo(args.repo_id, private=args.private, exist_ok=True)
         if args.revision:
             api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
@@ -114,7 +113,7 @@ def push_generator(args: argparse.Namespace) -> str:
                                   commit_message=f"{args.commit_message} (files)").oid
         config = json.loads((staged / "config.json").read_text())
         config.update(param_tokenizer_repo_id=args.repo_id, param_tokenizer_revision=first,
-                      param_tokenizer_subfolder=PARAM_TOKENIZER_SUBFOLDER)
+                      param_tokenizer_subfolder=config.get("param_tokenizer_subfolder") or TOKENIZER_SUBFOLDER)
         card = render_generator_card(config, args.repo_id, args)
         operations = [CommitOperationAdd("config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()),
                       CommitOperationAdd("README.md", str(card).encode())]

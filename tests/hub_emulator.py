@@ -212,7 +212,7 @@ class HubStorage:
             return {p: e["sha256"] for p, e in files.items() if p == path or p.startswith(path + "/")}
 
         commits = list(self.history(repo, sha))
-        for commit, parent in zip(commits, commits[1:] + [None]):
+        for commit, parent in zip(commits, commits[1:] + [None], strict=True):
             if parent is None or under(commit["files"]) != under(parent["files"]):
                 return {"id": commit["id"], "title": commit["title"], "date": commit["date"]}
         raise AssertionError("unreachable")
@@ -281,7 +281,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     """Routes Hub API requests to `HubStorage` (one handler instance per request)."""
 
     protocol_version = "HTTP/1.1"
-    server: "HubEmulatorServer"
+    server: HubEmulatorServer
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
         if self.server.verbose:
@@ -366,7 +366,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.headers.get('Host') or '%s:%d' % self.server.server_address[:2]}"
+        return f"http://{self.headers.get('Host') or '{}:{}'.format(*self.server.server_address[:2])}"
 
     def _repo(self, t: str | None, ns: str, name: str) -> dict:
         """Repo record; `t` is the URL's "models"/"datasets"/"spaces" (None for a model resolve URL)."""

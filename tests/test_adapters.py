@@ -12,15 +12,8 @@ from peft import LoraConfig, PeftModel
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from hf_paramgen.adapters.lora import (
-    AdapterBaseMismatchError,
-    adapter_checkpoint,
-    apply_adapter,
-    load_adapter,
-    load_adapter_state_dict,
-    lora_layout,
-    save_adapter,
-)
+from hf_paramgen.adapters.adapter_io import adapter_checkpoint, load_adapter, load_adapter_state_dict, save_adapter
+from hf_paramgen.adapters.lora import AdapterBaseMismatchError, apply_adapter, lora_layout
 from hf_paramgen.layout.param_layout import LayoutError
 
 
@@ -152,7 +145,8 @@ def test_adapter_checkpoint_returns_layout_ordered_state_dict_and_info(tmp_path)
     base = tiny_bert()
     layout = lora_layout(base, BERT_CONFIG)
     state_dict = random_adapter(layout)
-    save_adapter(state_dict, BERT_CONFIG, tmp_path / "a", instruction="do x", metadata={"split": "train"}, layout=layout)
+    save_adapter(state_dict, BERT_CONFIG, tmp_path / "a", instruction="do x", metadata={"split": "train"},
+                 layout=layout)
     loaded, loaded_layout, info = adapter_checkpoint(tmp_path / "a", base)
     assert loaded_layout == layout and list(loaded) == layout.names
     assert torch.equal(loaded_layout.flatten(loaded), layout.flatten(state_dict))
@@ -178,7 +172,8 @@ def test_tiny_mnist_adapter_zoo_beats_base_only_on_its_tasks_and_resumes(mnist_z
         assert adapter["test_accuracy"] > adapter["base_only_test_accuracy"] + 0.1, adapter
     base = load_zoo_base(tmp_path)
     state_dict, layout, info = adapter_checkpoint(tmp_path / manifest["adapters"][0]["path"], base)
-    assert info["instruction"].startswith("Classify handwritten digits") and layout.num_params == 4 * 64 + 10 * 4  # head LoRA
+    assert info["instruction"].startswith("Classify handwritten digits")
+    assert layout.num_params == 4 * 64 + 10 * 4  # head LoRA
     stamp = (tmp_path / manifest["adapters"][0]["path"] / "adapter_model.safetensors").stat().st_mtime_ns
     again = build_adapter_zoo("mnist-mlp", tmp_path, preset="tiny")  # resumes: nothing retrained
     assert (tmp_path / manifest["adapters"][0]["path"] / "adapter_model.safetensors").stat().st_mtime_ns == stamp
@@ -186,8 +181,8 @@ def test_tiny_mnist_adapter_zoo_beats_base_only_on_its_tasks_and_resumes(mnist_z
 
 
 def test_adapter_zoo_folder_builds_a_weight_corpus_with_exact_adapter_weights(mnist_zoo, tmp_path):
-    from hf_paramgen.research.adapter_zoo import load_zoo_base
     from hf_paramgen.data.corpus import build_corpus, corpus_model_weights
+    from hf_paramgen.research.adapter_zoo import load_zoo_base
 
     zoo, manifest = mnist_zoo
     corpus = build_corpus([zoo], tmp_path / "corpus", chunk_size=64)
@@ -244,8 +239,8 @@ def test_class_aligned_init_starts_at_the_base_and_trains_rank_r_on_class_r():
 
 def test_minilm_head_adapters_learn_their_topics_and_load_in_peft(tmp_path):
     """The `shared` MiniLM preset (LoRA on the 4-way head, class-aligned init) on 3 real topic tasks."""
-    from hf_paramgen.research.adapter_zoo import build_adapter_zoo, load_zoo_base, text_few_shot_samples
     from hf_paramgen.conditioning import HashingTextEncoder, InstructionEncoders, SampleEncoder
+    from hf_paramgen.research.adapter_zoo import build_adapter_zoo, load_zoo_base, text_few_shot_samples
     from hf_paramgen.research.samples import ZooSamples
     from hf_paramgen.training.prior import condition_for_row
 
@@ -281,3 +276,10 @@ def test_new_topics_preset_holds_out_every_task_with_an_unseen_topic(tmp_path):
     splits = {t["task_id"]: (t["split"], bool(set(t["classes"]) & unseen)) for t in manifest["tasks"]}
     assert all((split == "heldout_task") == has_unseen for split, has_unseen in splits.values()), splits
     assert {s for s, _ in splits.values()} >= {"train", "heldout_task"}
+
+
+def test_lora_module_travels_without_the_disk_io():
+    import hf_paramgen.adapters.lora as lora
+    from hf_paramgen.hub.remote_code import remote_code_closure
+
+    assert set(remote_code_closure([lora.__file__])) == {"lora.py", "param_layout.py"}  # what a generator carries

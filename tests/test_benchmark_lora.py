@@ -54,7 +54,8 @@ def test_small_run_baselines_are_accuracies_and_adapters_beat_base(small_results
 
 
 def test_generate_minilm_adapter_example_names_what_is_wrong(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("generate_minilm_adapter", SCRIPT.with_name("generate_minilm_adapter.py"))
+    spec = importlib.util.spec_from_file_location("generate_minilm_adapter",
+                                                  SCRIPT.with_name("generate_minilm_adapter.py"))
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     with pytest.raises(SystemExit):
@@ -78,4 +79,5 @@ def test_tasks_are_grouped_by_how_many_classes_no_training_task_has():
     groups = bench.by_unseen_classes(zb, row)["by_unseen_classes"]
     assert groups == {"1": {"num_tasks": 2, "generated": 0.75, "trained_adapter": 0.82},
                       "2": {"num_tasks": 1, "generated": 0.5, "trained_adapter": 0.9}}
-    assert bench.by_unseen_classes(SimpleNamespace(base="minilm", manifest={"preset": "shared"}, tasks=tasks), row) == {}
+    zoo = SimpleNamespace(base="minilm", manifest={"preset": "shared"}, tasks=tasks)
+    assert bench.by_unseen_classes(zoo, row) == {}

@@ -140,7 +140,8 @@ def test_text_encoder_minilm_offline_mean_pooled():
     sims = (out[:, 0] @ out[:, 0].T)
     assert sims[0, 1] > sims[0, 2] + 0.1  # related instructions lie closer
     torch.testing.assert_close(enc("an MLP for MNIST digits"), out[:1], rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match=r"tokens, more than all-MiniLM-L6-v2's limit 256; shorten it or pass truncation=True"):
+    with pytest.raises(ValueError,
+                       match=r"tokens, more than all-MiniLM-L6-v2's limit 256; shorten it or pass truncation=True"):
         enc("digits " * 400)
     assert TextEncoder("all-MiniLM-L6-v2", truncation=True)("digits " * 400).shape == (1, 1, 384)
 

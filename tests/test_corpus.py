@@ -31,15 +31,18 @@ def make_checkpoint(folder: Path, architecture: str = "mlp-64-32", num_classes: 
     meta = ModelCardData(
         task_id=f"digits-{seed}", instruction=f"classify digits 0-{num_classes - 1}", dataset="digits",
         classes=list(range(num_classes)), transform="none", num_classes=num_classes, architecture=architecture,
-        seed=seed, init="default", training={"epochs": 1}, val_accuracy=0.5 + seed / 100, test_accuracy=0.4, split=split,
+        seed=seed, init="default", training={"epochs": 1}, val_accuracy=0.5 + seed / 100, test_accuracy=0.4,
+        split=split,
     )
-    ModelCard.from_template(meta, template_str="---\n{{ card_data }}\n---\n# zoo checkpoint\n").save(folder / "README.md")
+    card = ModelCard.from_template(meta, template_str="---\n{{ card_data }}\n---\n# zoo checkpoint\n")
+    card.save(folder / "README.md")
     return folder
 
 
 @pytest.fixture
 def ckpts(tmp_path):
-    specs = [("mlp-64-32", "train"), ("cnn-digits", "train"), ("mlp-64-32", "validation"), ("cnn-digits", "heldout_task")]
+    specs = [("mlp-64-32", "train"), ("cnn-digits", "train"), ("mlp-64-32", "validation"),
+             ("cnn-digits", "heldout_task")]
     return [make_checkpoint(tmp_path / f"ckpt{i}", arch, seed=i, split=split) for i, (arch, split) in enumerate(specs)]
 
 
@@ -80,7 +83,8 @@ def test_model_weights_reassemble_exactly_from_chunks(ckpts, tmp_path, aggregati
 
 
 def test_chunk_batch_matches_numpy_formatting(ckpts, tmp_path):
-    chunks = build_corpus(ckpts[:2], tmp_path / "corpus", chunk_size=16)["chunks"].shuffle(seed=0)  # with an indices map
+    chunks = build_corpus(ckpts[:2], tmp_path / "corpus", chunk_size=16)["chunks"]
+    chunks = chunks.shuffle(seed=0)  # with an indices map
     indices = [5, 0, 200, 5, len(chunks) - 1]
     batch, expected = chunk_batch(chunks, indices), chunks.with_format("numpy")[indices]
     assert batch["chunk"].shape == (5, 16) and batch["chunk"].dtype == "float32"
@@ -95,7 +99,8 @@ def test_corpus_folder_has_card_config_and_no_temp_files(ckpts, tmp_path):
     provenance = card.data.provenance  # a summary; per-model provenance is the models table
     assert provenance["models_per_split"] == {"train": 2} and provenance["num_tasks"] == 2
     assert provenance["models_per_architecture"] == {"mlp-64-32": 1, "cnn-digits": 1}
-    assert (provenance["models_from_local_folders"], provenance["models_from_hub_repos"], provenance["hub_repos"]) == (2, 0, [])
+    assert provenance["models_from_local_folders"] == 2 and provenance["models_from_hub_repos"] == 0
+    assert provenance["hub_repos"] == []
     assert card.data.size_categories == ["n<1K"] and "hf_paramgen" in card.data.tags
     assert "cnn-digits" in card.text and "| `train` | 2 |" in card.text
     config = json.loads((tmp_path / "corpus" / "corpus_config.json").read_text())
@@ -142,12 +147,14 @@ def test_peft_adapter_folders_enter_with_their_recorded_layout(tmp_path):
     from peft import LoraConfig
     from torch import nn
 
-    from hf_paramgen.adapters.lora import lora_layout, save_adapter
+    from hf_paramgen.adapters import lora_layout, save_adapter
 
     torch.manual_seed(0)
-    layout = lora_layout(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)), LoraConfig(r=2, target_modules=["0", "2"]))
+    base = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    layout = lora_layout(base, LoraConfig(r=2, target_modules=["0", "2"]))
     state_dict = {s.name: torch.randn(s.shape) for s in layout.specs}
-    save_adapter(state_dict, LoraConfig(r=2, target_modules=["0", "2"]), tmp_path / "adapter", instruction="swap 0 and 1",
+    save_adapter(state_dict, LoraConfig(r=2, target_modules=["0", "2"]), tmp_path / "adapter",
+                 instruction="swap 0 and 1",
                  metadata={"split": "validation", "task_id": "swap-0-1"}, layout=layout)
     corpus = build_corpus([tmp_path / "adapter"], tmp_path / "corpus", chunk_size=4)
     row = corpus["models"][0]
@@ -314,7 +321,8 @@ def test_cli_reports_errors_with_exit_code(ckpts, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_build_corpus(["--sources", str(ckpts[0]), str(ckpts[0]), "--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 1 and "Duplicate model ids" in capsys.readouterr().err
-    assert cli_build_corpus(["--sources", *map(str, ckpts[:2]), "--output_dir", str(tmp_path / "out"), "--chunk_size", "8"]) == 0
+    argv = ["--sources", *map(str, ckpts[:2]), "--output_dir", str(tmp_path / "out"), "--chunk_size", "8"]
+    assert cli_build_corpus(argv) == 0
     assert "2 models" in capsys.readouterr().out
 
 
@@ -322,9 +330,11 @@ def test_benchmark_small_writes_json_keys(tmp_path):
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     make_checkpoint(zoo / "a", seed=0)
-    (zoo / "manifest.json").write_text(json.dumps({"zoo_build_seconds": 12.5, "checkpoints": [{"path": "a", "split": "train"}]}))
+    manifest = {"zoo_build_seconds": 12.5, "checkpoints": [{"path": "a", "split": "train"}]}
+    (zoo / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "examples" / "benchmark_corpus.py"), "--small", "--skip_zoo_corpus", "--json", str(out),
+    cmd = [sys.executable, str(ROOT / "examples" / "benchmark_corpus.py"), "--small", "--skip_zoo_corpus",
+           "--json", str(out),
            "--zoo_dir", str(zoo)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -79,9 +79,10 @@ def test_invert_and_transpose_transforms_are_applied():
 def test_instruction_states_dataset_class_order_and_transform():
     task = Task.make("mnist", [3, 7, 1, 0], "invert")
     assert task.task_id == "mnist-3_7_1_0-invert" and task.num_classes == 4
-    assert "MNIST" in task.instruction and "4 classes" in task.instruction
-    assert "in this order: 3, 7, 1, 0." in task.instruction and "inverted" in task.instruction
-    assert "8x8" in Task.make("digits", [1, 2], "transpose").instruction
+    assert "MNIST" in task.task_text and "4 classes" in task.task_text
+    assert "in this order: 3, 7, 1, 0." in task.task_text and "inverted" in task.task_text
+    assert "8x8" in Task.make("digits", [1, 2], "transpose").task_text
+    assert task.instruction == task.task_text  # the name manifests and cards store it under
 
 
 def test_task_round_trips_through_dict():
@@ -96,8 +97,9 @@ def test_few_shot_samples_are_balanced_in_class_order_and_seeded():
     X, y = few_shot_samples(task, per_class=5)
     assert X.shape == (15, 784) and y.tolist() == [0] * 5 + [1] * 5 + [2] * 5
     X_train, y_train = load_task_split(task, "train")
-    rows = {tuple(r.tolist()): int(label) for r, label in zip(X_train, y_train)}
-    assert all(rows[tuple(r.tolist())] == int(label) for r, label in zip(X, y))  # real train samples, right label
+    rows = {tuple(r.tolist()): int(label) for r, label in zip(X_train, y_train, strict=True)}
+    # real train samples, right label
+    assert all(rows[tuple(r.tolist())] == int(label) for r, label in zip(X, y, strict=True))
     assert torch.equal(few_shot_samples(task, 5, seed=0)[0], X)
     assert not torch.equal(few_shot_samples(task, 5, seed=1)[0], X)
 

@@ -1,8 +1,10 @@
-"""Evaluation of generated nets: validation-only selection, hidden-unit alignment, baselines on a tiny zoo, CLI, metric."""
+"""Evaluation of generated nets: validation-only selection, hidden-unit alignment, baselines on a tiny zoo, CLI,
+metric."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +48,8 @@ def hashing_condition(task: Task) -> np.ndarray:
     """A fast stand-in for the MiniLM + PCA-prototype condition: hashed text + random-projection prototypes."""
     text = _ENCODERS.setdefault("text", HashingTextEncoder(64))
     samples = _ENCODERS.setdefault(task.dataset, SampleEncoder(task.input_dim, 64, seed=0))
-    return torch.cat([text(task.instruction).reshape(-1), samples(*few_shot_samples(task, 5), task.num_classes).reshape(-1)]).numpy()
+    protos = samples(*few_shot_samples(task, 5), task.num_classes)
+    return torch.cat([text(task.task_text).reshape(-1), protos.reshape(-1)]).numpy()
 
 
 class LookupNet(nn.Module):
@@ -55,7 +58,7 @@ class LookupNet(nn.Module):
     def __init__(self, task: Task, split: str):
         super().__init__()
         X, y = load_task_split(task, split)
-        self.table = {x.numpy().tobytes(): int(c) for x, c in zip(X, y)}
+        self.table = {x.numpy().tobytes(): int(c) for x, c in zip(X, y, strict=True)}
         self.num_classes = task.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (b, 784) -> (b, num_classes)
@@ -64,17 +67,18 @@ class LookupNet(nn.Module):
 
 
 def test_best_of_k_is_chosen_on_validation_never_on_test():
-    test_memoriser, val_memoriser = LookupNet(TASK, "test"), LookupNet(TASK, "validation")
-    assert evaluate_accuracy(test_memoriser, TASK, "test") == 1.0 > evaluate_accuracy(val_memoriser, TASK, "test")
-    best, val = select_best([test_memoriser, val_memoriser], TASK)
-    assert best == 1 and val[1] == 1.0 and val[0] < 0.5
+    test_memoriser, validation_memoriser = LookupNet(TASK, "test"), LookupNet(TASK, "validation")
+    assert evaluate_accuracy(test_memoriser, TASK, "test") == 1.0
+    assert evaluate_accuracy(validation_memoriser, TASK, "test") < 1.0
+    best, validation = select_best([test_memoriser, validation_memoriser], TASK)
+    assert best == 1 and validation[1] == 1.0 and validation[0] < 0.5
 
 
 def _permute_hidden(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """A random permutation of every hidden layer's units (function-preserving), Linear or Conv."""
     out, gen = {k: v.clone() for k, v in state.items()}, torch.Generator().manual_seed(seed)
     weights = [k for k in out if k.endswith("weight")]
-    for w, nxt in zip(weights[:-1], weights[1:]):
+    for w, nxt in zip(weights[:-1], weights[1:], strict=True):
         perm = torch.randperm(out[w].shape[0], generator=gen)
         out[w], out[w[:-6] + "bias"] = out[w][perm], out[w[:-6] + "bias"][perm]
         if out[nxt].ndim == 2 and out[w].ndim == 4:
@@ -133,10 +137,11 @@ def test_baselines_and_a_copying_generator_on_the_tiny_zoo(tiny_zoo):
     row = seen["rows"][0]
     task = zoo.tasks[row["task_id"]]
     assert zoo.task_split[task.task_id] == "train"
-    assert row["trained"] == pytest.approx(np.mean([e["test_accuracy"] for e in zoo.checkpoints("mlp-784-16", task_id=task.task_id)]))
+    trained = zoo.checkpoints("mlp-784-16", task_id=task.task_id)
+    assert row["trained"] == pytest.approx(np.mean([e["test_accuracy"] for e in trained]))
     models = [make_model("mlp-784-16", 4, zoo.state_dict(e)) for e in train_entries[:2]]
-    val = [evaluate_accuracy(m, task, "validation") for m in models]
-    assert row["generated_zero_shot"] == evaluate_accuracy(models[int(np.argmax(val))], task, "test")
+    validation = [evaluate_accuracy(m, task, "validation") for m in models]
+    assert row["generated_zero_shot"] == evaluate_accuracy(models[int(np.argmax(validation))], task, "test")
     assert seen["novelty_ratio"] == pytest.approx(0.0, abs=1e-6)  # copies of training checkpoints
     assert row["error_agreement_with_nearest"] in (None, 1.0)  # the nearest checkpoint is the copy itself
     assert row["retrieved_task"] != task.task_id and row["novelty_ratio_retrieval_noise"] > 0
@@ -162,8 +167,8 @@ def test_param_generation_metric_fraction_and_gap_closed():
     assert got["fraction_of_trained"] == pytest.approx(0.85) and got["retrieval_gap_closed"] == pytest.approx(0.7)
     with pytest.raises(ValueError, match="equally many"):
         compute_param_generation([0.8], [1.0, 1.0])
-    evaluate = pytest.importorskip("evaluate")
-    metric = evaluate.load(str(__import__("pathlib").Path(__file__).parents[1] / "hf_paramgen/metrics/param_generation"))
+    import evaluate
+    metric = evaluate.load(str(Path(__file__).parents[1] / "hf_paramgen/metrics/param_generation"))
     assert metric.compute(predictions=[0.8, 0.9], references=[1.0, 1.0])["fraction_of_trained"] == pytest.approx(0.85)
 
 
@@ -176,11 +181,13 @@ def test_a_real_untrained_param_generator_runs_through_the_evaluation_and_is_tim
     from hf_paramgen.research.evaluation import compute_floor_ratio, generator_fn
 
     torch.manual_seed(0)
-    tok = ParamTokenizer(ParamTokenizerConfig(chunk_size=16, codebook_size=16, codebook_dim=4, hidden_size=16, num_layers=1))
+    tok = ParamTokenizer(ParamTokenizerConfig(chunk_size=16, codebook_size=16, codebook_dim=4, hidden_size=16,
+                                              num_layers=1))
     decoder = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                "num_attention_heads": 2, "num_key_value_heads": 2}
     prior = ParamPriorForCausalLM(ParamPriorConfig(codebook_size=16, codes_per_chunk=1, chunk_size=16, condition_dim=32,
-                                                   max_condition_tokens=8, max_position_embeddings=96, transformer=decoder))
+                                                   max_condition_tokens=8, max_position_embeddings=96,
+                                                   transformer=decoder))
     generator = ParamGenerator(prior, tok, "hashing:32", {"digits": SampleEncoder(num_features=64, dim=32)})
     gen_fn = generator_fn(generator)
     result = evaluate_generator(gen_fn, tiny_zoo, ["mlp-64-32"], splits=("seen_tasks",), num_tasks_per_split=1, k=2,

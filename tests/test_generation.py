@@ -8,16 +8,16 @@ import shutil
 import pytest
 import torch
 
-from hf_paramgen.research.architectures import build_model
-from hf_paramgen.conditioning import HashingTextEncoder, SampleEncoder
-from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
-from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
-from hf_paramgen.research.generate import generate_for_task
-from hf_paramgen.research.tasks import Task, few_shot_samples, load_task_split
+from hf_paramgen.conditioning import SampleEncoder
 from hf_paramgen.generation.generator import GenerationError, ParamGenerator
 from hf_paramgen.layout.param_layout import ParamLayout
+from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
+from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
 from hf_paramgen.models.modeling_param_prior import ParamPriorForCausalLM
 from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
+from hf_paramgen.research.architectures import build_model
+from hf_paramgen.research.generate import generate_for_task
+from hf_paramgen.research.tasks import Task, few_shot_samples, load_task_split
 
 ARCH = "mlp-64-32"
 DIM = 32
@@ -49,7 +49,7 @@ def task() -> Task:
 def test_generate_returns_state_dicts_of_the_layout_shapes_and_codes_in_range(generator, task):
     template = build_model(ARCH, 4)
     layout = ParamLayout.from_module(template)
-    result = generator.generate(template, task.instruction, samples=few_shot_samples(task, 2), num_samples=2, seed=0)
+    result = generator.generate(template, task.instruction, samples=few_shot_samples(task, 2), num_candidates=2, seed=0)
     n_chunks = sum(-(-s.numel // 64) for s in layout.specs)  # layer aggregation: each tensor padded to chunks
     assert result.codes.shape == (2, n_chunks, 1)  # (k, N, T): longer than one block (40 context)
     assert 0 <= int(result.codes.min()) and int(result.codes.max()) < 16
@@ -62,22 +62,23 @@ def test_generate_returns_state_dicts_of_the_layout_shapes_and_codes_in_range(ge
 
 def test_generate_is_seeded_and_accepts_a_bare_layout(generator, task):
     layout = ParamLayout.from_module(build_model(ARCH, 4))
-    a = generator.generate(layout, task.instruction, num_samples=1, seed=3)
-    b = generator.generate(layout, task.instruction, num_samples=1, seed=3)
+    a = generator.generate(layout, task.instruction, num_candidates=1, seed=3)
+    b = generator.generate(layout, task.instruction, num_candidates=1, seed=3)
     assert torch.equal(a.codes, b.codes) and a.model is None
 
 
 def test_mean_decoding_is_the_expectation_of_the_sampled_distribution(generator, task):
     layout = ParamLayout.from_module(build_model(ARCH, 4))
-    sampled = generator.generate(layout, task.instruction, num_samples=2, seed=5, top_k=1, decoding="sample")
-    mean = generator.generate(layout, task.instruction, num_samples=2, seed=5, top_k=1, decoding="mean")
+    sampled = generator.generate(layout, task.instruction, num_candidates=2, seed=5, top_k=1, decoding="sample")
+    mean = generator.generate(layout, task.instruction, num_candidates=2, seed=5, top_k=1, decoding="mean")
     assert torch.equal(sampled.codes, mean.codes)  # the same sampled path
-    for a, b in zip(sampled.state_dicts, mean.state_dicts):  # top_k=1: one-hot distributions, so the same weights
+    # top_k=1: one-hot distributions, so the same weights
+    for a, b in zip(sampled.state_dicts, mean.state_dicts, strict=True):
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
-    soft = generator.generate(layout, task.instruction, num_samples=1, seed=5, decoding="mean", temperature=5.0)
-    hard = generator.generate(layout, task.instruction, num_samples=1, seed=5, temperature=5.0, decoding="sample")
-    default = generator.generate(layout, task.instruction, num_samples=1, seed=5, temperature=5.0)
+    soft = generator.generate(layout, task.instruction, num_candidates=1, seed=5, decoding="mean", temperature=5.0)
+    hard = generator.generate(layout, task.instruction, num_candidates=1, seed=5, temperature=5.0, decoding="sample")
+    default = generator.generate(layout, task.instruction, num_candidates=1, seed=5, temperature=5.0)
     assert torch.equal(layout.flatten(default.state_dicts[0]), layout.flatten(soft.state_dicts[0]))  # one code/chunk
     assert torch.equal(soft.codes, hard.codes)
     assert not torch.allclose(layout.flatten(soft.state_dicts[0]), layout.flatten(hard.state_dicts[0]))
@@ -88,7 +89,7 @@ def test_mean_decoding_is_the_expectation_of_the_sampled_distribution(generator,
 def test_best_of_k_picks_the_highest_validation_score_and_loads_it(generator, task):
     template = build_model(ARCH, 4)
     X, y = load_task_split(task, "validation")
-    result = generator.generate(template, task.instruction, samples=few_shot_samples(task, 2), num_samples=4,
+    result = generator.generate(template, task.instruction, samples=few_shot_samples(task, 2), num_candidates=4,
                                 seed=1, validation=(X, y))
     assert all(0.0 <= s <= 1.0 for s in result.scores)
     assert result.scores[result.best_index] == max(result.scores)
@@ -99,7 +100,7 @@ def test_best_of_k_picks_the_highest_validation_score_and_loads_it(generator, ta
 
 
 def test_generate_for_task_uses_the_zoo_task(generator, task):
-    result = generate_for_task(generator, task, ARCH, num_samples=2, seed=0)
+    result = generate_for_task(generator, task, ARCH, num_candidates=2, seed=0)
     assert len(result.state_dicts) == 2 and result.scores[result.best_index] == max(result.scores)
 
 
@@ -130,7 +131,8 @@ def test_loading_a_prior_with_the_wrong_param_tokenizer_fails(generator, tmp_pat
 
 def test_samples_whose_classes_do_not_match_the_output_size_are_rejected(generator, task):
     X, y = few_shot_samples(task, 2)
-    with pytest.raises(GenerationError, match="3 output units: samples need labels exactly 0..2, got labels \\[0, 1, 2, 3\\]"):
+    with pytest.raises(GenerationError,
+                       match="3 output units: samples need labels exactly 0..2, got labels \\[0, 1, 2, 3\\]"):
         generator.generate(build_model(ARCH, 3), task.instruction, samples=(X, y))
     with pytest.raises(GenerationError, match="No sample encoder takes 10 features"):
         generator.generate(build_model(ARCH, 4), task.instruction, samples=(torch.zeros(8, 10), y[:8]))
@@ -148,9 +150,9 @@ def test_architecture_beyond_the_prior_tables_is_rejected(task):
     small = tiny_generator(max_tensors=2)
     with pytest.raises(GenerationError, match="max_tensors=2"):
         small.generate(build_model(ARCH, 4), task.instruction)
-    with pytest.raises(GenerationError, match="needs an nn.Module"):
+    with pytest.raises(GenerationError, match="needs a target that builds a model"):
         small.generate(ParamLayout.from_module(build_model(ARCH, 4)), task.instruction, validation=(None, None))
-    with pytest.raises(TypeError, match="nn.Module template or a ParamLayout"):
+    with pytest.raises(TypeError, match="target must be an nn.Module template"):
         small.generate("mlp-64-32", task.instruction)
 
 
@@ -183,3 +185,42 @@ def test_labelled_texts_are_embedded_by_the_text_encoder():
     assert torch.allclose(embeds[-2:], protos, atol=1e-6)
     with pytest.raises(GenerationError, match="labels exactly 0..1, got labels \\[0\\]"):
         gen.encode(layout, "sort texts by topic", samples=(texts[:2], y[:2]))
+
+
+def test_num_samples_is_a_deprecated_alias_of_num_candidates(generator, task):
+    layout = ParamLayout.from_module(build_model(ARCH, 4))
+    new = generator.generate(layout, task.instruction, num_candidates=2, seed=3)
+    with pytest.warns(FutureWarning, match="num_samples is deprecated"):
+        old = generator.generate(layout, task.instruction, num_samples=2, seed=3)
+    assert torch.equal(new.codes, old.codes) and len(old.state_dicts) == 2
+    with pytest.raises(ValueError, match="num_candidates must be a positive int, got 0"):
+        generator.generate(layout, task.instruction, num_candidates=0)
+
+
+def test_saved_generator_is_a_complete_pipeline_repo_and_declares_its_settings(generator, tmp_path):
+    generator.save_pretrained(tmp_path / "gen")
+    config = json.loads((tmp_path / "gen" / "config.json").read_text())
+    assert list(config["custom_pipelines"]) == ["remote-parameter-generation"] and config["auto_map"]
+    assert config["text_encoder"] == f"hashing:{DIM}" and config["sample_encoders"] == ["digits"]
+    assert len(config["param_tokenizer_sha256"]) == 64 and config["transformer"]["model_type"] == "llama"
+    code = sorted(p.name for p in (tmp_path / "gen").glob("*.py"))
+    assert "pipeline_parameter_generation.py" in code and "generator.py" in code and "cards.py" not in code
+    declared = set(ParamPriorConfig().to_dict())
+    assert {"text_encoder", "sample_encoders", "param_tokenizer_sha256", "layouts"} <= declared
+    public = {k for k in generator.prior.config.__dict__ if not k.startswith("_")}
+    assert public - declared <= {"custom_pipelines", "auto_map"}
+
+
+def test_a_config_saved_with_the_decoder_as_a_plain_dict_loads_the_same_model(generator, tmp_path):
+    generator.save_pretrained(tmp_path / "gen")
+    path = tmp_path / "gen" / "config.json"
+    config = json.loads(path.read_text())
+    config.update(transformer=TINY_DECODER, text_encoder="all-MiniLM-L6-v2")  # as saved by earlier versions
+    path.write_text(json.dumps(config))
+    old = ParamPriorForCausalLM.from_pretrained(tmp_path / "gen")
+    assert old.config.text_encoder == "sentence-transformers/all-MiniLM-L6-v2"
+    assert old.config.decoder_config() is old.config.transformer and old.config.hidden_size == 32
+    fresh, loaded = generator.prior.config.transformer.to_dict(), old.config.transformer.to_dict()
+    assert {k: v for k, v in loaded.items() if k != "dtype"} == {k: v for k, v in fresh.items() if k != "dtype"}
+    for name, tensor in generator.prior.state_dict().items():
+        assert torch.equal(tensor, old.state_dict()[name])

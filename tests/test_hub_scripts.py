@@ -13,9 +13,9 @@ from test_corpus import make_checkpoint
 from test_pipeline import make_generator, tiny_net
 
 import hf_paramgen  # noqa: F401  (registers the task)
-from hf_paramgen.research.architectures import ZooNet
 from hf_paramgen.data.corpus import build_corpus, corpus_model_weights, load_corpus
 from hf_paramgen.layout.param_layout import ParamLayout
+from hf_paramgen.research.architectures import ZooNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,9 +53,9 @@ def test_pushed_generator_is_pinned_carded_and_runs_from_its_repo_id(hub_repo_id
         assert expected in card, expected
 
     pipe = pipeline("parameter-generation", model=hub_repo_id)
-    out = pipe({"target": tiny_net(), "task": "classify"}, seed=0)
+    out = pipe({"target": tiny_net(), "task_text": "classify"}, seed=0)
     assert isinstance(out["model"], ZooNet)
-    local = pipeline("parameter-generation", model=str(folder))({"target": tiny_net(), "task": "classify"}, seed=0)
+    local = pipeline("parameter-generation", model=str(folder))({"target": tiny_net(), "task_text": "classify"}, seed=0)
     for name, tensor in out["state_dict"].items():  # same weights as the local folder: the pinned tokenizer is the one
         torch.testing.assert_close(tensor, local["state_dict"][name])
     from hf_paramgen.generation.generator import ParamGenerator
@@ -127,10 +127,22 @@ def test_pushed_generator_runs_by_repo_id_in_fresh_process_with_remote_code(hub_
 import sys, torch
 from transformers import pipeline
 pipe = pipeline(model={hub_repo_id!r}, trust_remote_code=True)
-out = pipe({{"target": torch.nn.Linear(4, 3), "task": "x"}}, seed=0)
+out = pipe({{"target": torch.nn.Linear(4, 3), "task_text": "x"}}, seed=0)
 assert not any(m.startswith("hf_paramgen") for m in sys.modules)
 print("OK", sorted(out["state_dict"]))
 """
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK ['bias', 'weight']" in result.stdout
+    # offline, from the snapshot alone: the ParamTokenizer pinned to the first commit resolves to the snapshot's
+    # own identical copy (same sha256), and loading prints nothing on stdout
+    fresh = {"HF_HOME": str(tmp_path / "fresh_hf_home")}  # a cache holding the snapshot of main only
+    downloaded = run_python(f"from huggingface_hub import snapshot_download; snapshot_download({hub_repo_id!r})", fresh)
+    assert downloaded.returncode == 0, downloaded.stderr[-3000:]
+    offline = {**fresh, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = run_python(code, env=offline)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "OK ['bias', 'weight']\n"
+    result = run_python(f"from hf_paramgen.generation import ParamGenerator; ParamGenerator.from_pretrained("
+                        f"{hub_repo_id!r}); print('LOADED')", env=offline)
+    assert result.returncode == 0 and result.stdout == "LOADED\n", result.stderr[-3000:]

@@ -82,3 +82,15 @@ def test_layout_json_rejects_tampered_offsets():
     data["specs"][1]["offset"] = 5
     with pytest.raises(LayoutError, match="Offset of 'bias'"):
         ParamLayout.from_dict(data)
+
+
+def test_output_size_and_head_are_defined_on_the_layout():
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    layout = ParamLayout.from_module(net)
+    assert layout.output_size == 3 and layout.head_tensors == [2, 3]
+    conv = ParamLayout.from_module(_conv_net())  # the norm after the conv is no head; the last Linear is
+    assert conv.output_size == 3 and [conv.specs[i].name for i in conv.head_tensors] == ["4.weight", "4.bias"]
+    assert ParamLayout.from_module(nn.LayerNorm(5)).output_size is None
+    assert ParamLayout.from_module(nn.LayerNorm(5)).head_tensors == []
+    named = ParamLayout(layout.specs, {"head": ["0.weight"]})
+    assert named.head_tensors == [0] and ParamLayout(layout.specs, {"head": None}).head_tensors == []

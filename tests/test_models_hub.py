@@ -1,10 +1,9 @@
 """`push_to_hub` of the two models to the loopback Hub, and `from_pretrained` back by repo id, exact."""
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
-
 from test_param_prior import tiny_model
 from test_param_tokenizer import tiny_tokenizer
+from transformers import AutoModel, AutoModelForCausalLM
 
 
 def _assert_same(a, b):

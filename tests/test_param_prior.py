@@ -11,10 +11,14 @@ from transformers import AutoModelForCausalLM
 from hf_paramgen import ParamLayout, chunk_positions
 from hf_paramgen.data.collate import PriorCollator
 from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
-from hf_paramgen.research.architectures import build_model
 from hf_paramgen.models.modeling_param_prior import (
-    ParamPriorForCausalLM, class_slots, head_tensors, register, structure_for_layout,
+    ParamPriorForCausalLM,
+    class_slots,
+    head_tensors,
+    register,
+    structure_for_layout,
 )
+from hf_paramgen.research.architectures import build_model
 
 torch.set_num_threads(1)
 LLAMA = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -64,7 +68,8 @@ def test_structure_for_layout_expands_chunk_positions_over_slots(layout):
     assert structure.shape == (position.shape[0] * 2, 5)
     assert torch.equal(structure[0::2, :3], position) and torch.equal(structure[1::2, :3], position)
     assert structure[:, 3].tolist() == [0, 1] * position.shape[0]
-    assert torch.equal(structure[0::2, 4], class_slots(layout, 4)) and torch.equal(structure[1::2, 4], structure[0::2, 4])
+    assert torch.equal(structure[0::2, 4], class_slots(layout, 4))
+    assert torch.equal(structure[1::2, 4], structure[0::2, 4])
 
 
 def test_class_slots_mark_the_rows_of_the_classifier_head():
@@ -111,7 +116,9 @@ def test_codes_input_ids_roundtrip_is_exact_and_rejects_specials():
 def test_save_load_is_exact_and_auto_class_loads(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
-    assert {"configuration_param_prior.py", "modeling_param_prior.py", "chunking.py", "param_layout.py"} <= set(os.listdir(tmp_path))
+    expected = {"configuration_param_prior.py", "modeling_param_prior.py", "code_structure.py",
+                "generation_param_prior.py", "chunking.py", "param_layout.py"}
+    assert expected <= set(os.listdir(tmp_path))
     loaded = ParamPriorForCausalLM.from_pretrained(tmp_path).eval()
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
@@ -150,7 +157,8 @@ def test_fresh_process_loads_with_trust_remote_code(tmp_path):
         "print(type(m).__module__, repr(out.logits[0, -1, 2:].sum().item()))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     module, value = result.stdout.split()
     assert module.startswith("transformers_modules")
@@ -264,7 +272,7 @@ def test_prior_overfits_two_conditions_to_two_code_sequences(layout):
     targets = [torch.randint(0, 16, (14,), generator=g) for _ in range(2)]
     conds = [torch.randn(2, 8, generator=g) for _ in range(2)]
     rows = [{"codes": t, "code_structure": structure, "condition_embeds": c, "condition_types": torch.tensor([0, 1])}
-            for t, c in zip(targets, conds)]
+            for t, c in zip(targets, conds, strict=False)]
     batch = PriorCollator(model.config)(rows)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(100):
@@ -274,7 +282,7 @@ def test_prior_overfits_two_conditions_to_two_code_sequences(layout):
         optimizer.step()
     model.eval()
     assert loss.item() < 0.05
-    for target, cond in zip(targets, conds):
+    for target, cond in zip(targets, conds, strict=False):
         codes = model.generate_codes(cond[None], layout, 4, condition_types=torch.tensor([[0, 1]]))
         assert codes.flatten().tolist() == target.tolist()
 
@@ -303,7 +311,7 @@ def test_blockwise_generation_reproduces_networks_learned_from_crops(layout):
     targets = [torch.randint(0, 16, (14,), generator=g) for _ in range(2)]
     conds = [torch.randn(2, 8, generator=g) for _ in range(2)]
     rows = [{"codes": t, "code_structure": structure, "condition_embeds": c, "condition_types": torch.tensor([0, 1])}
-            for t, c in zip(targets, conds)]
+            for t, c in zip(targets, conds, strict=False)]
     collator = PriorCollator(model.config, seed=0)
     assert collator.max_codes == 8
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -313,7 +321,7 @@ def test_blockwise_generation_reproduces_networks_learned_from_crops(layout):
         loss.backward()
         optimizer.step()
     model.eval()
-    for target, cond in zip(targets, conds):
+    for target, cond in zip(targets, conds, strict=False):
         codes = model.generate_codes(cond[None], layout, 4, condition_types=torch.tensor([[0, 1]]), block_window=3)
         assert codes.flatten().tolist() == target.tolist()
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from hf_paramgen.layout.chunking import chunk, chunk_positions, unchunk
-from hf_paramgen.models.configuration_param_tokenizer import NUM_KINDS, ParamTokenizerConfig
 from hf_paramgen.layout.param_layout import KINDS, LayoutError, ParamLayout
+from hf_paramgen.models.configuration_param_tokenizer import NUM_KINDS, ParamTokenizerConfig
 from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer, register
 from hf_paramgen.models.quantizer import EMACodebook, GumbelQuantizer
 
@@ -175,7 +175,8 @@ def test_decode_expected_averages_the_decoded_codes_and_checks_its_input():
         torch.testing.assert_close(expected[name], tensor, rtol=0, atol=1e-6)
     other = (codes + 1) % k
     half = model.decode_expected(0.5 * one_hot + 0.5 * torch.nn.functional.one_hot(other[:, 0], k).float(), layout)
-    mix = {n: 0.5 * a + 0.5 * b for (n, a), b in zip(model.decode(codes, layout).items(), model.decode(other, layout).values())}
+    first, second = model.decode(codes, layout), model.decode(other, layout)
+    mix = {n: 0.5 * a + 0.5 * b for (n, a), b in zip(first.items(), second.values(), strict=True)}
     for name in half:
         torch.testing.assert_close(half[name], mix[name], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"probs must be a float \(N, 1, K\) or \(N, K\) tensor with N=\d+ chunks"):
@@ -189,10 +190,10 @@ def test_batched_api_matches_one_by_one():
     nets = [tiny_net(0), tiny_net(1)]
     layouts = [ParamLayout.from_module(n) for n in nets]
     batched = model.encode_batch(nets, layouts)
-    for net, layout, codes in zip(nets, layouts, batched):
+    for net, layout, codes in zip(nets, layouts, batched, strict=False):
         assert torch.equal(codes, model.encode(net, layout))
     decoded = model.decode_batch(batched, layouts)
-    for layout, codes, sd in zip(layouts, batched, decoded):
+    for layout, codes, sd in zip(layouts, batched, decoded, strict=False):
         one = model.decode(codes, layout)
         assert all(torch.allclose(sd[n], one[n], atol=1e-6) for n in layout.names)
 
@@ -275,7 +276,8 @@ def test_benchmark_small_writes_the_fidelity_keys(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(repo / "examples" / "benchmark_tokenizer.py"), "--small", "--json", str(out),
            "--settings", "default", "vq-K256-C8"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     keys = {"heldout_mean_accuracy_drop_pp", "heldout_worst_accuracy_drop_pp", "bits_per_param", "codebook_usage",

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from transformers import pipeline
 
 import hf_paramgen  # noqa: F401  (registers the task)
-from hf_paramgen.research.architectures import ZooNet
-from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
 from hf_paramgen.conditioning import SampleEncoder
-from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
 from hf_paramgen.generation.generator import GenerationError
+from hf_paramgen.generation.pipeline_parameter_generation import ParameterGenerationPipeline
 from hf_paramgen.layout.param_layout import LayoutError, ParamLayout
+from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
+from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
 from hf_paramgen.models.modeling_param_prior import ParamPriorForCausalLM
 from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
-from hf_paramgen.generation.pipeline_parameter_generation import ParameterGenerationPipeline
-from transformers import pipeline
+from hf_paramgen.research.architectures import ZooNet
 
 TINY_DECODER = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                 "num_attention_heads": 2, "num_key_value_heads": 2}
@@ -66,7 +66,7 @@ def test_task_is_registered_and_folder_loads_the_pipeline(pipe):
 def test_module_target_returns_loaded_model_codes_and_best_of_validation(pipe):
     net = tiny_net()
     X, y = torch.randn(12, 4), torch.arange(12) % 3
-    out = pipe({"target": net, "task": "classify three blobs", "validation": (X, y)}, num_samples=3, seed=0,
+    out = pipe({"target": net, "task_text": "classify three blobs", "validation": (X, y)}, num_candidates=3, seed=0,
                do_sample=True, top_k=8)
     assert isinstance(out["model"], ZooNet) and out["model"] is not net
     assert out["codes"].shape[0] == 3 and len(out["scores"]) == 3
@@ -81,10 +81,10 @@ def test_samples_add_one_condition_token_per_class(pipe):
     layout = ParamLayout.from_module(tiny_net())
     with_samples = pipe.generator.encode(layout, "classify", (X, y))
     assert with_samples["condition_types"].tolist() == [[0, 1, 2, 3, 4]]  # text, architecture, 3 class prototypes
-    out = pipe({"target": tiny_net(), "task": "classify", "samples": (X, y)}, seed=0)
+    out = pipe({"target": tiny_net(), "task_text": "classify", "samples": (X, y)}, seed=0)
     assert isinstance(out["model"], ZooNet)
     with pytest.raises(GenerationError, match="No sample encoder takes 5 features"):
-        pipe({"target": tiny_net(), "task": "classify", "samples": (torch.randn(9, 5), y)})
+        pipe({"target": tiny_net(), "task_text": "classify", "samples": (torch.randn(9, 5), y)})
 
 
 def test_labelled_texts_condition_a_lora_head_adapter(tmp_path):
@@ -96,27 +96,41 @@ def test_labelled_texts_condition_a_lora_head_adapter(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "sample_encoders": ["blobs", "text"]}))
     pipe = pipeline("parameter-generation", model=str(folder))
     base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-    texts, y = ["open a socket", "parse a url", "sum a list", "take a mean", "zip a file", "hash bytes"], [0, 0, 1, 1, 2, 2]
+    texts = ["open a socket", "parse a url", "sum a list", "take a mean", "zip a file", "hash bytes"]
+    y = [0, 0, 1, 1, 2, 2]
     target = (base, LoraConfig(r=3, target_modules=["2"]))
-    out = pipe({"target": target, "task": "sort docstrings by topic", "samples": (texts, y)}, output="peft", seed=0)
+    out = pipe({"target": target, "task_text": "sort docstrings by topic", "samples": (texts, y)}, output="peft",
+               seed=0)
     assert isinstance(out["model"], PeftModel)
     assert pipe.generator.encode(ParamLayout.from_module(tiny_net()), "t", (texts, y))["condition_types"].tolist() \
         == [[0, 1, 2, 3, 4]]
     with pytest.raises(GenerationError, match="needs tensors, got texts"):
-        pipe({"target": target, "task": "sort docstrings by topic", "validation": (texts, y)})
+        pipe({"target": target, "task_text": "sort docstrings by topic", "validation": (texts, y)})
+
+
+def test_old_input_key_task_and_option_num_samples_still_work_with_a_future_warning(pipe):
+    new = pipe({"target": tiny_net(), "task_text": "classify"}, seed=3, num_candidates=2)
+    with pytest.warns(FutureWarning, match="'task' is deprecated"):
+        old = pipe({"target": tiny_net(), "task": "classify"}, seed=3, num_candidates=2)
+    assert torch.equal(new["codes"], old["codes"])
+    with pytest.warns(FutureWarning, match="num_samples is deprecated"):
+        old = pipe({"target": tiny_net(), "task_text": "classify"}, seed=3, num_samples=2)
+    assert torch.equal(new["codes"], old["codes"])
+    with pytest.raises(TypeError, match="once, as 'task_text'"), pytest.warns(FutureWarning):
+        pipe({"target": tiny_net(), "task_text": "classify", "task": "classify"})
 
 
 def test_same_seed_gives_same_weights_and_batch_gives_list(pipe):
-    item = {"target": tiny_net(), "task": "classify"}
-    a, b = pipe([item, item], seed=3, do_sample=True, num_samples=2)
+    item = {"target": tiny_net(), "task_text": "classify"}
+    a, b = pipe([item, item], seed=3, do_sample=True, num_candidates=2)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert torch.equal(a["codes"], b["codes"])
 
 
 def test_decoding_option_mean_is_default_and_sample_decodes_the_codes(pipe):
-    item = {"target": tiny_net(), "task": "classify"}
-    mean = pipe(item, seed=3, num_samples=1, temperature=5.0)
-    sample = pipe(item, seed=3, num_samples=1, temperature=5.0, decoding="sample")
+    item = {"target": tiny_net(), "task_text": "classify"}
+    mean = pipe(item, seed=3, num_candidates=1, temperature=5.0)
+    sample = pipe(item, seed=3, num_candidates=1, temperature=5.0, decoding="sample")
     assert torch.equal(mean["codes"], sample["codes"])  # one sampled path, two ways to turn it into weights
     decoded = pipe.param_tokenizer.decode(sample["codes"][0], ParamLayout.from_module(tiny_net()))
     assert all(torch.equal(sample["state_dict"][k], decoded[k]) for k in decoded)
@@ -126,7 +140,7 @@ def test_decoding_option_mean_is_default_and_sample_decodes_the_codes(pipe):
 
 
 def test_generated_model_saves_and_reloads_with_its_own_class(pipe, tmp_path):
-    out = pipe({"target": tiny_net(), "task": "classify"}, seed=0)
+    out = pipe({"target": tiny_net(), "task_text": "classify"}, seed=0)
     out["model"].save_pretrained(tmp_path / "net")
     again = ZooNet.from_pretrained(tmp_path / "net")
     for name, tensor in again.state_dict().items():
@@ -135,7 +149,7 @@ def test_generated_model_saves_and_reloads_with_its_own_class(pipe, tmp_path):
 
 def test_layout_target_with_state_dict_output_gives_no_model(pipe):
     layout = ParamLayout.from_module(tiny_net())
-    out = pipe({"target": layout, "task": "classify"}, output="state_dict")
+    out = pipe({"target": layout, "task_text": "classify"}, output="state_dict")
     assert out["model"] is None and sorted(out["state_dict"]) == sorted(layout.names)
 
 
@@ -146,9 +160,10 @@ def test_pipeline_matches_param_generator_on_a_folder_it_saved(tmp_path):
     source.save_pretrained(tmp_path / "saved")
     X, y = torch.randn(9, 4), torch.arange(9) % 3
     expected = ParamGenerator.from_pretrained(tmp_path / "saved").generate(
-        tiny_net(), "classify", samples=(X, y), num_samples=2, seed=5, validation=(X, y))
+        tiny_net(), "classify", samples=(X, y), num_candidates=2, seed=5, validation=(X, y))
     out = pipeline("parameter-generation", model=str(tmp_path / "saved"))(
-        {"target": tiny_net(), "task": "classify", "samples": (X, y), "validation": (X, y)}, num_samples=2, seed=5)
+        {"target": tiny_net(), "task_text": "classify", "samples": (X, y), "validation": (X, y)}, num_candidates=2,
+        seed=5)
     assert torch.equal(out["codes"], expected.codes)
     assert out["scores"] == expected.scores and out["best_index"] == expected.best_index
     for name, tensor in expected.best_state_dict.items():
@@ -160,9 +175,9 @@ def test_transformers_config_target_gives_that_model_and_too_big_targets_are_ref
 
     config = GPT2Config(n_embd=4, n_layer=1, n_head=1, vocab_size=8, n_positions=4)
     with pytest.raises(GenerationError, match="max_tensors=8"):
-        pipe({"target": config, "task": "x"})
+        pipe({"target": config, "task_text": "x"})
     big = pipeline("parameter-generation", model=str(make_generator(tmp_path / "g", max_tensors=32)))
-    out = big({"target": config, "task": "tiny language model"}, seed=0)
+    out = big({"target": config, "task_text": "tiny language model"}, seed=0)
     assert isinstance(out["model"], GPT2Model)
     for name, tensor in out["state_dict"].items():
         torch.testing.assert_close(out["model"].state_dict()[name], tensor)
@@ -174,14 +189,14 @@ def test_transformers_config_target_gives_that_model_and_too_big_targets_are_ref
 def test_loaded_prior_as_model_works(generator_dir):
     prior = ParamPriorForCausalLM.from_pretrained(generator_dir)
     pipe = pipeline("parameter-generation", model=prior)
-    assert isinstance(pipe({"target": tiny_net(), "task": "x"})["model"], ZooNet)
+    assert isinstance(pipe({"target": tiny_net(), "task_text": "x"})["model"], ZooNet)
 
 
 def test_lora_target_returns_peft_model_that_reloads_exactly(pipe, tmp_path):
     from peft import LoraConfig, PeftModel
 
     base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-    out = pipe({"target": (base, LoraConfig(r=2, target_modules=["0", "2"])), "task": "adapt"}, output="peft")
+    out = pipe({"target": (base, LoraConfig(r=2, target_modules=["0", "2"])), "task_text": "adapt"}, output="peft")
     assert isinstance(out["model"], PeftModel)
     out["model"].save_pretrained(tmp_path / "adapter")
     fresh = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
@@ -199,21 +214,22 @@ def test_bad_inputs_raise_clear_errors(pipe):
     from peft import LoraConfig
 
     with pytest.raises(ValueError, match="output units"):
-        pipe({"target": tiny_net(), "task": "x", "validation": (torch.randn(4, 4), torch.tensor([0, 1, 2, 7]))})
+        pipe({"target": tiny_net(), "task_text": "x", "validation": (torch.randn(4, 4), torch.tensor([0, 1, 2, 7]))})
     with pytest.raises(LayoutError, match="target_modules"):
-        pipe({"target": (nn.Sequential(nn.Linear(4, 2)), LoraConfig(r=2, target_modules=["nope"])), "task": "x"})
+        pipe({"target": (nn.Sequential(nn.Linear(4, 2)), LoraConfig(r=2, target_modules=["nope"])), "task_text": "x"})
     with pytest.raises(TypeError, match="target must be"):
-        pipe({"target": "resnet", "task": "x"})
+        pipe({"target": "resnet", "task_text": "x"})
     with pytest.raises(GenerationError, match="output units"):
-        pipe({"target": tiny_net(), "task": "x", "samples": (torch.randn(4, 4), torch.tensor([0, 1, 2, 7]))})
+        pipe({"target": tiny_net(), "task_text": "x", "samples": (torch.randn(4, 4), torch.tensor([0, 1, 2, 7]))})
     with pytest.raises(GenerationError, match="no tensors"):
-        pipe({"target": nn.ReLU(), "task": "x"})
+        pipe({"target": nn.ReLU(), "task_text": "x"})
     with pytest.raises(ValueError, match="output must be"):
-        pipe({"target": tiny_net(), "task": "x"}, output="onnx")
+        pipe({"target": tiny_net(), "task_text": "x"}, output="onnx")
     with pytest.raises(GenerationError, match="bare ParamLayout"):
-        pipe({"target": ParamLayout.from_module(tiny_net()), "task": "x", "validation": (torch.randn(3, 4), [0, 1, 2])})
+        pipe({"target": ParamLayout.from_module(tiny_net()), "task_text": "x",
+              "validation": (torch.randn(3, 4), [0, 1, 2])})
     with pytest.raises(ValueError, match="peft"):
-        pipe({"target": tiny_net(), "task": "x"}, output="peft")
+        pipe({"target": tiny_net(), "task_text": "x"}, output="peft")
 
 
 def test_lora_base_different_from_the_adapter_corpus_base_is_refused(tmp_path):
@@ -226,10 +242,10 @@ def test_lora_base_different_from_the_adapter_corpus_base_is_refused(tmp_path):
     lora = LoraConfig(r=2, target_modules=["0"])
     folder = make_generator(tmp_path / "gen", layouts={"lora": lora_layout(base, lora).to_json()})
     pipe = pipeline("parameter-generation", model=str(folder))
-    assert pipe({"target": (base, lora), "task": "x"})["model"] is not None
+    assert pipe({"target": (base, lora), "task_text": "x"})["model"] is not None
     other = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))  # other weights, same shapes
     with pytest.raises(AdapterBaseMismatchError):
-        pipe({"target": (other, lora), "task": "x"})
+        pipe({"target": (other, lora), "task_text": "x"})
 
 
 def test_pinned_param_tokenizer_revision_that_does_not_exist_fails_clearly(tmp_path, hub_endpoint):
@@ -266,7 +282,7 @@ except ValueError as err:
     assert "trust_remote_code" in str(err), err
 pipe = pipeline(model={str(folder)!r}, trust_remote_code=True)
 net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))
-out = pipe({{"target": net, "task": "classify"}}, seed=0)
+out = pipe({{"target": net, "task_text": "classify"}}, seed=0)
 assert not any(m.startswith("hf_paramgen") for m in sys.modules), [m for m in sys.modules if "hf_paramgen" in m]
 print("OK", type(pipe).__module__, sorted(out["state_dict"]))
 """

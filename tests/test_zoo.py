@@ -105,7 +105,7 @@ def test_tiny_build_writes_hub_checkpoint_folders_with_cards(tiny_zoo):
         assert layout.to_dict() == ParamLayout.from_module(load_checkpoint_model(folder)).to_dict()
         card = ModelCard.load(folder / "README.md").data.to_dict()
         task = task_from_dict(card)
-        assert card["task_id"] == entry["task_id"] == task.task_id and card["instruction"] == task.instruction
+        assert card["task_id"] == entry["task_id"] == task.task_id and card["instruction"] == task.task_text
         assert card["num_classes"] == task.num_classes and card["classes"] == list(task.classes)
         for key in ("architecture", "seed", "init", "split", "val_accuracy", "test_accuracy"):
             assert card[key] == entry[key], key
@@ -129,7 +129,8 @@ def test_manifest_records_splits_heldout_architecture_and_inits(tiny_zoo):
     splits = {e["split"] for e in manifest["checkpoints"]}
     assert splits == {"train", "validation", "heldout_task", "heldout_architecture"}
     assert manifest["heldout_architectures"] == ["mlp-784-48"] and manifest["architectures"]["mlp-784-48"]["heldout"]
-    assert all(e["split"] == "heldout_architecture" for e in manifest["checkpoints"] if e["architecture"] == "mlp-784-48")
+    assert all(e["split"] == "heldout_architecture" for e in manifest["checkpoints"]
+               if e["architecture"] == "mlp-784-48")
     heldout = set(manifest["heldout_tasks"])
     assert heldout and all(t["split"] == "heldout_task" for t in manifest["tasks"] if t["task_id"] in heldout)
     assert {e["init"] for e in manifest["checkpoints"]} == {"shared-0", "shared-1", "independent"}

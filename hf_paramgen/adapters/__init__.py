@@ -1,5 +1,16 @@
-"""PEFT LoRA adapters as generation targets: their layouts, and reading and writing them in PEFT's format."""
+"""PEFT LoRA adapters as generation targets: their layouts and applying weights (`lora`), and reading and writing
+them in PEFT's format (`adapter_io`)."""
 
+from .adapter_io import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_INFO_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    adapter_checkpoint,
+    load_adapter,
+    load_adapter_info,
+    load_adapter_state_dict,
+    save_adapter,
+)
 from .lora import (
     AdapterBaseMismatchError,
     adapter_state_dict,
@@ -7,13 +18,14 @@ from .lora import (
     base_model_identity,
     check_base_model,
     class_aligned_init,
-    load_adapter,
-    load_adapter_info,
-    load_adapter_state_dict,
+    lora_config_dict,
     lora_layout,
-    save_adapter,
+    peft_config_copy,
+    target_modules,
+    targetable_modules,
 )
 
-__all__ = ["AdapterBaseMismatchError", "adapter_state_dict", "apply_adapter", "base_model_identity",
-           "check_base_model", "class_aligned_init", "load_adapter", "load_adapter_info", "load_adapter_state_dict",
-           "lora_layout", "save_adapter"]
+__all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_INFO_FILE", "ADAPTER_WEIGHTS_FILE", "AdapterBaseMismatchError",
+           "adapter_checkpoint", "adapter_state_dict", "apply_adapter", "base_model_identity", "check_base_model",
+           "class_aligned_init", "load_adapter", "load_adapter_info", "load_adapter_state_dict", "lora_config_dict",
+           "lora_layout", "peft_config_copy", "save_adapter", "target_modules", "targetable_modules"]

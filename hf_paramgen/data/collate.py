@@ -1,7 +1,8 @@
 """Batch builders for the training loop: `PriorCollator` (conditions + codes -> prior batches) and
 `TokenizerCollator` (corpus chunk rows -> ParamTokenizer batches).
 
-The batch format is documented in `hf_paramgen.models.modeling_param_prior` (module docstring).
+The batch format is documented in `hf_paramgen.models.modeling_param_prior` (module docstring); the
+per-code structure rows come from `hf_paramgen.models.code_structure`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.code_structure import NUM_STRUCTURE_FIELDS, structure_for_layout
 from ..models.configuration_param_prior import ParamPriorConfig
-from ..models.modeling_param_prior import NUM_STRUCTURE_FIELDS, structure_for_layout
 
 
 def _tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -61,7 +62,8 @@ class PriorCollator:
             structure = self._structures[name]
         if structure.shape != (num_codes, NUM_STRUCTURE_FIELDS):
             raise ValueError(f"code_structure has shape {tuple(structure.shape)}, the row's codes need "
-                             f"({num_codes}, {NUM_STRUCTURE_FIELDS}) (a corpus encoded by an older version? rebuild it).")
+                             f"({num_codes}, {NUM_STRUCTURE_FIELDS}) (a corpus encoded by an older version? "
+                             "rebuild it).")
         return structure
 
     def _row(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,9 +74,11 @@ class PriorCollator:
             start = int(torch.randint(0, codes.shape[0] - self.max_codes + 1, (1,), generator=self.generator))
             codes, structure = codes[start : start + self.max_codes], structure[start : start + self.max_codes]
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), got [{int(codes.min())}, {int(codes.max())}].")
+            raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), "
+                             f"got [{int(codes.min())}, {int(codes.max())}].")
         ids = torch.cat([torch.tensor([self.config.bos_token_id]), codes + self.config.code_offset])
-        return ids, torch.cat([structure, structure.new_zeros(1, NUM_STRUCTURE_FIELDS)])  # row p = code p; last row unused
+        # row p = code p; the last row is unused
+        return ids, torch.cat([structure, structure.new_zeros(1, NUM_STRUCTURE_FIELDS)])
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -85,7 +89,8 @@ class PriorCollator:
         b, length, n_max = len(rows), max(s[0].shape[0] for s in seqs), max(c.shape[0] for c in conds)
         dims = {c.shape[-1] for c in conds}
         if len(dims) != 1 or any(c.ndim != 2 for c in conds):
-            raise ValueError(f"condition_embeds must all be (n_cond, d) with one d, got shapes {[tuple(c.shape) for c in conds]}.")
+            raise ValueError("condition_embeds must all be (n_cond, d) with one d, got shapes "
+                             f"{[tuple(c.shape) for c in conds]}.")
         batch = {
             "input_ids": torch.full((b, length), self.config.pad_token_id, dtype=torch.long),
             "attention_mask": torch.zeros(b, length, dtype=torch.long),
@@ -94,7 +99,7 @@ class PriorCollator:
             "condition_types": torch.zeros(b, n_max, dtype=torch.long),
             "condition_mask": torch.zeros(b, n_max, dtype=torch.long),
         }
-        for i, ((ids, structure), cond, typ) in enumerate(zip(seqs, conds, types)):
+        for i, ((ids, structure), cond, typ) in enumerate(zip(seqs, conds, types, strict=False)):
             if typ.shape[0] != cond.shape[0]:
                 raise ValueError(f"row {i}: {cond.shape[0]} condition vectors but {typ.shape[0]} condition types.")
             batch["input_ids"][i, : ids.shape[0]] = ids
@@ -114,7 +119,8 @@ TOKENIZER_COLUMNS = ["chunk", "scale", "num_valid", "tensor_index", "chunk_in_te
 
 
 def tokenizer_inputs(columns: dict, chunk_size: int | None = None) -> dict[str, torch.Tensor]:
-    """Columns of chunk rows -> `chunks` (B*m, c) normalised by `scale` (padding zeroed), `chunk_mask`, `chunk_position`.
+    """Columns of chunk rows -> `chunks` (B*m, c) normalised by `scale` (padding zeroed), `chunk_mask`,
+    `chunk_position`.
 
     A corpus row of L weights is cut into m = L / `chunk_size` tokenizer chunks (layer aggregation:
     row j of a tensor holds its chunks j*m ... j*m + m - 1), so one corpus (e.g. built with 64-weight
@@ -129,8 +135,8 @@ def tokenizer_inputs(columns: dict, chunk_size: int | None = None) -> dict[str, 
     m = length // c
     scale = np.asarray(columns["scale"], dtype=np.float32)[:, None]  # (B, 1)
     num_valid = np.asarray(columns["num_valid"], dtype=np.int64)  # (B,)
-    position = np.stack([np.asarray(columns[k], dtype=np.int64) for k in ("tensor_index", "chunk_in_tensor", "kind_id")],
-                        axis=1)  # (B, 3)
+    keys = ("tensor_index", "chunk_in_tensor", "kind_id")
+    position = np.stack([np.asarray(columns[k], dtype=np.int64) for k in keys], axis=1)  # (B, 3)
     mask = np.arange(length)[None, :] < num_valid[:, None]  # (B, L)
     position = np.repeat(position, m, axis=0)  # (B*m, 3)
     position[:, 1] = position[:, 1] * m + np.tile(np.arange(m), len(num_valid))

@@ -79,7 +79,8 @@ def _model_row(src: Source, layout: ParamLayout, info: dict, chunking: tuple[int
         "layout": layout.to_json(), "architecture": str(arch), "architecture_text": layout.describe(),
         "instruction": str(card.get("instruction") or ""),
         "task": json.dumps({k: card.get(k) for k in TASK_FIELDS}, default=str), "split": src.split,
-        "val_accuracy": float_or_none(card.get("val_accuracy")), "test_accuracy": float_or_none(card.get("test_accuracy")),
+        "val_accuracy": float_or_none(card.get("val_accuracy")),
+        "test_accuracy": float_or_none(card.get("test_accuracy")),
         "init": str(card.get("init") or ""), "seed": seed, "num_params": layout.num_params,
         "num_chunks": n_chunks, "first_chunk": first_chunk, "chunk_size": chunk_size,
         "aggregation": aggregation, "metadata": json.dumps(card, default=str, sort_keys=True),
@@ -116,7 +117,8 @@ def _write_chunks(sources, path: Path, chunk_size, aggregation, allow_pickle, wr
     from tqdm.auto import tqdm
 
     model_rows, first = [], 0
-    with ArrowWriter(features=chunk_features(chunk_size), path=str(path), writer_batch_size=writer_batch_size) as writer:
+    features = chunk_features(chunk_size)
+    with ArrowWriter(features=features, path=str(path), writer_batch_size=writer_batch_size) as writer:
         for src in tqdm(sources, desc="checkpoints", unit="ckpt"):
             state_dict, layout, info = load_checkpoint(src.path, allow_pickle=allow_pickle)
             weights = layout.flatten(state_dict, source=f"Checkpoint {src.path}")  # (D,)
@@ -149,7 +151,7 @@ def build_corpus(
         chunk_size: values per chunk C.
         aggregation: "layer" (each tensor padded to whole chunks) or "architecture".
         allow_pickle: accept `pytorch_model.bin`-only checkpoints (`torch.load(weights_only=True)`).
-        splits: keep only checkpoints of these splits (card metadata `split`; "train" when absent).
+        splits: keep only checkpoints of these model splits (`MODEL_SPLITS`; card `split`, "train" when absent).
         writer_batch_size: rows per Arrow write; default keeps a batch near 1M floats (4 MB).
         overwrite: replace an existing corpus (only once the new one is complete).
 
@@ -160,7 +162,9 @@ def build_corpus(
 
     output_dir = Path(output_dir).resolve()
     if aggregation not in AGGREGATIONS or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise CorpusError(f"Expected chunk_size > 0 and aggregation in {AGGREGATIONS}, got {chunk_size!r}, {aggregation!r}.")
+        raise CorpusError(
+            f"Expected chunk_size > 0 and aggregation in {AGGREGATIONS}, got {chunk_size!r}, {aggregation!r}."
+        )
     if output_dir.exists() and not overwrite:
         raise CorpusError(f"Output {output_dir} already exists; pass overwrite=True (CLI --overwrite) to replace it.")
     resolved = resolve_sources(list(map(str, sources)), splits)
@@ -168,7 +172,8 @@ def build_corpus(
     tmp = temporary_sibling(output_dir)
     try:
         tmp.mkdir()
-        model_rows = _write_chunks(resolved, tmp / "chunks.arrow", chunk_size, aggregation, allow_pickle, writer_batch_size)
+        model_rows = _write_chunks(resolved, tmp / "chunks.arrow", chunk_size, aggregation, allow_pickle,
+                                   writer_batch_size)
         corpus = DatasetDict({"chunks": Dataset.from_file(str(tmp / "chunks.arrow")),
                               "models": Dataset.from_list(model_rows, features=MODEL_FEATURES)})
         corpus.save_to_disk(str(tmp / "corpus"))
@@ -209,7 +214,8 @@ def provenance_summary(models: Dataset, max_listed: int = MAX_LISTED) -> dict:
         "models_from_hub_repos": sum(repos.values()),
         "models_from_local_folders": len(rows) - sum(repos.values()),
         "num_hub_repos": len(repos),
-        "hub_repos": [{"repo_id": repo, "revision": rev, "models": n} for (repo, rev), n in repos.most_common(max_listed)],
+        "hub_repos": [{"repo_id": repo, "revision": rev, "models": n}
+                      for (repo, rev), n in repos.most_common(max_listed)],
         "per_model": "the `models` table: source, repo_id, revision of every model",
     }
 
@@ -236,7 +242,8 @@ def corpus_card(corpus: DatasetDict, config: dict):
         "provenance": provenance,
     }
     ctx = {
-        "num_models": len(models), "num_chunks": len(corpus["chunks"]), "num_params": sum(m["num_params"] for m in models),
+        "num_models": len(models), "num_chunks": len(corpus["chunks"]),
+        "num_params": sum(m["num_params"] for m in models),
         "chunk_size": config["chunk_size"], "aggregation": config["aggregation"],
         "architectures": [(a, n, arch_params[a]) for a, n in sorted(arch_counts.items())],
         "splits": sorted(Counter(m["split"] for m in models).items()),
@@ -252,7 +259,8 @@ def load_corpus(path_or_repo_id: str | os.PathLike, revision: str | None = None)
     if Path(path_or_repo_id).exists():
         return load_from_disk(str(path_or_repo_id))
     return DatasetDict(
-        {name: load_dataset(str(path_or_repo_id), name, split="train", revision=revision) for name in ("chunks", "models")}
+        {name: load_dataset(str(path_or_repo_id), name, split="train", revision=revision)
+         for name in ("chunks", "models")}
     )
 
 
@@ -281,14 +289,17 @@ def push_corpus(corpus: DatasetDict | str | os.PathLike, repo_id: str, *, revisi
         api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
     for name in ("chunks", "models"):
         corpus[name].push_to_hub(repo_id, config_name=name, split="train", revision=revision, private=private)
-    pushed = DatasetCard.load(hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision)).data.to_dict()
+    readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision)
+    pushed = DatasetCard.load(readme).data.to_dict()
     data = card.data.to_dict()
     data.update({k: pushed[k] for k in ("configs", "dataset_info") if k in pushed})  # what datasets wrote for its files
     merged = DatasetCard(f"---\n{type(card.data)(**data).to_yaml()}\n---\n{card.text}")
     merged.push_to_hub(repo_id, repo_type="dataset", revision=revision, commit_message="Add weight corpus card")
 
 
-def corpus_model_weights(corpus: DatasetDict, model_id: str, row: dict | None = None) -> tuple[torch.Tensor, ParamLayout]:
+def corpus_model_weights(
+    corpus: DatasetDict, model_id: str, row: dict | None = None
+) -> tuple[torch.Tensor, ParamLayout]:
     """Reassemble one model's flat `weights` (D,) exactly from its chunks, with its layout.
 
     `row`: the model's row of the `models` table when the caller already holds it (skips the id lookup,

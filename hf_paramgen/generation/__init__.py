@@ -1,6 +1,7 @@
 """Generation: `ParamGenerator` (prior + ParamTokenizer + encoders) and the `parameter-generation` pipeline."""
 
-from .generator import GenerationError, GenerationResult, ParamGenerator
-from .pipeline_parameter_generation import ParameterGenerationPipeline
+from .generator import DECODINGS, GenerationError, GenerationResult, ParamGenerator
+from .pipeline_parameter_generation import REMOTE_TASK, TASK, ParameterGenerationPipeline
 
-__all__ = ["GenerationError", "GenerationResult", "ParamGenerator", "ParameterGenerationPipeline"]
+__all__ = ["DECODINGS", "GenerationError", "GenerationResult", "ParamGenerator", "ParameterGenerationPipeline",
+           "REMOTE_TASK", "TASK"]

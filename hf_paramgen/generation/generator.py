@@ -1,62 +1,86 @@
 """`ParamGenerator`: prior + ParamTokenizer + condition encoders -> ready-to-use network parameters.
 
-A generator folder (`save_pretrained`) holds the prior at its root (`config.json`,
-`model.safetensors`), the matching ParamTokenizer in `param_tokenizer/` and the sample encoders in
-`sample_encoders/<dataset>/`. The prior's config records `param_tokenizer_subfolder`, the text
-encoder (`text_encoder`), and the layouts it was trained on (`layouts`).
+The one path into generation: `ParameterGenerationPipeline` delegates to it. A generator repo
+(`save_pretrained`) is a complete pipeline repo: the prior at its root (`config.json` with
+`custom_pipelines` and `auto_map`, `model.safetensors`), the flat remote code of the pipeline and both
+models, the matching ParamTokenizer in `param_tokenizer/` and the sample encoders in
+`sample_encoders/<name>/`. Every setting needed to load it is a declared `ParamPriorConfig` field
+(`text_encoder`, `sample_encoders`, `param_tokenizer_*`, `layouts`). Components load as diffusers'
+pipelines load theirs: `from_pretrained(repo, subfolder=..., revision=...)`, with cache, token and
+revision passed through.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import copy
-import json
 import os
 import shutil
-import sys
-import time
-import uuid
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..layout.chunking import chunk_positions
 from ..conditioning.instruction import Instruction, InstructionEncoders, encode_instruction
-from ..conditioning.samples import SampleEncoder, TEXT_SAMPLES
+from ..conditioning.samples import TEXT_SAMPLES, SampleEncoder
 from ..conditioning.text import make_text_encoder
-from ..layout.param_layout import KINDS, ParamLayout
+from ..layout.chunking import chunk_positions
+from ..layout.param_layout import KINDS, LayoutError, ParamLayout
 from ..models.modeling_param_prior import ParamPriorForCausalLM
 from ..models.modeling_param_tokenizer import ParamTokenizer
+from ..utils import accuracy, replace_dir, temporary_sibling
+from .generation_targets import GenerationError, build_model, check_pair, is_texts, resolve_target
+from .generator_loading import (
+    SAMPLE_ENCODERS_SUBFOLDER,
+    TOKENIZER_SUBFOLDER,
+    WEIGHTS_NAME,
+    GeneratorSource,
+    file_sha256,
+    load_param_tokenizer,
+    load_sample_encoders,
+)
 
-TOKENIZER_SUBFOLDER = "param_tokenizer"
-SAMPLE_ENCODERS_SUBFOLDER = "sample_encoders"
 MAX_INSTRUCTION_WORDS = 200  # MiniLM reads 256 word pieces; longer texts would be silently truncated
 DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}
 DECODINGS = ("sample", "mean")
 
 
+def _tokenizer_codes_per_chunk(config) -> int:
+    """Codes per chunk of a ParamTokenizer config (`codes_per_chunk` once it has `latents_per_chunk`, else the
+    `tokens_per_chunk` of earlier versions)."""
+    return int(config.codes_per_chunk if hasattr(config, "latents_per_chunk") else config.tokens_per_chunk)
+
+
 def resolve_decoding(param_tokenizer_config, decoding: str | None) -> str:
-    """`decoding`, or for None: "mean" when the ParamTokenizer allows it (one code per chunk, one codebook), else "sample"."""
+    """`decoding`, or for None: "mean" when the ParamTokenizer allows it (one code per chunk), else "sample"."""
     if decoding is None:
-        single = param_tokenizer_config.tokens_per_chunk == 1 and param_tokenizer_config.num_quantizers == 1
-        return "mean" if single else "sample"
+        return "mean" if _tokenizer_codes_per_chunk(param_tokenizer_config) == 1 else "sample"
     if decoding not in DECODINGS:
         raise GenerationError(f"decoding must be one of {DECODINGS}, got {decoding!r}.")
     return decoding
 
 
-class GenerationError(ValueError):
-    """The instruction, target or generator pieces cannot produce parameters."""
+def resolve_num_candidates(num_candidates: int | None, num_samples: int | None, default: int | None = 1) -> int | None:
+    """`num_candidates`, or the deprecated alias `num_samples` (FutureWarning); checked to be a positive int."""
+    if num_samples is not None:
+        warnings.warn("num_samples is deprecated: it is now num_candidates (networks generated per instruction).",
+                      FutureWarning, stacklevel=3)
+        if num_candidates is not None and num_candidates != num_samples:
+            raise TypeError(f"Pass num_candidates only, got num_candidates={num_candidates} and "
+                            f"num_samples={num_samples}.")
+        num_candidates = num_samples
+    if num_candidates is None:
+        return default
+    if not isinstance(num_candidates, int) or isinstance(num_candidates, bool) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}.")
+    return num_candidates
 
 
 @dataclass
 class GenerationResult:
     """`state_dicts` (k), `codes` LongTensor (k, N, T), validation `scores` (None without validation),
-    `best_index` (argmax of the scores, 0 without validation), `model`: the template loaded with the best
-    sample (None when the target was a bare `ParamLayout`)."""
+    `best_index` (argmax of the scores, 0 without validation), `model`: the target built with the best
+    candidate (a PeftModel for a LoRA target; None for a bare `ParamLayout` or when not asked for)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     codes: torch.LongTensor
@@ -73,7 +97,7 @@ class GenerationResult:
 def check_compatible(prior_config, tokenizer_config) -> None:
     """Raise `GenerationError` unless the prior models this ParamTokenizer's codes."""
     pairs = [("codebook_size", prior_config.codebook_size, tokenizer_config.codebook_size),
-             ("codes per chunk", prior_config.codes_per_chunk, tokenizer_config.tokens_per_chunk)]
+             ("codes per chunk", prior_config.codes_per_chunk, _tokenizer_codes_per_chunk(tokenizer_config))]
     if prior_config.chunk_size is not None:
         pairs.append(("chunk_size", prior_config.chunk_size, tokenizer_config.chunk_size))
     pairs.append(("aggregation", prior_config.aggregation, tokenizer_config.aggregation))
@@ -83,26 +107,12 @@ def check_compatible(prior_config, tokenizer_config) -> None:
 
 
 def output_size(layout: ParamLayout) -> int:
-    """Output units of a classifier layout: first dim of its last weight tensor (ndim >= 2)."""
-    weights = [s for s in layout.specs if len(s.shape) >= 2 and not s.is_buffer]
-    if not weights:
+    """`layout.output_size`, raising `GenerationError` for a layout without weight matrices (kept for callers of
+    earlier versions; use `ParamLayout.output_size`)."""
+    size = layout.output_size
+    if size is None:
         raise GenerationError(f"Cannot tell the output size of a layout without weight matrices: {layout.names}.")
-    return int(weights[-1].shape[0])
-
-
-def _is_texts(X) -> bool:
-    return isinstance(X, (list, tuple)) and len(X) > 0 and all(isinstance(x, str) for x in X)
-
-
-def _atomic_dir(target: Path):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-
-
-def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(X).argmax(-1) == y).float().mean())
+    return size
 
 
 # ------------------------------------------------------------------------------------------- generator
@@ -112,84 +122,104 @@ class ParamGenerator:
     Args:
         prior: the trained `ParamPriorForCausalLM`.
         param_tokenizer: the ParamTokenizer whose codes the prior models (checked).
-        text_encoder_name: `TextEncoder` model name, or `"hashing:<dim>"` (tests).
-        sample_encoders: dataset name -> `SampleEncoder` (picked by the samples' feature count).
+        text_encoder_name: the text encoder's Hub id or folder, or `"hashing:<dim>"` (tests); recorded as the
+            prior's `config.text_encoder` (default: what the config already names).
+        sample_encoders: name -> `SampleEncoder` (picked by the samples' feature count; "text" for texts).
         text_encoder: an already-built text encoder (else built lazily from the name).
+        text_encoder_kwargs: passed to `TextEncoder` (e.g. `cache_dir`, `token`).
     """
 
-    def __init__(self, prior: ParamPriorForCausalLM, param_tokenizer: ParamTokenizer, text_encoder_name: str,
-                 sample_encoders: dict[str, SampleEncoder] | None = None, text_encoder=None):
+    def __init__(self, prior: ParamPriorForCausalLM, param_tokenizer: ParamTokenizer,
+                 text_encoder_name: str | None = None,
+                 sample_encoders: dict[str, SampleEncoder] | None = None, text_encoder=None,
+                 text_encoder_kwargs: dict | None = None):
         check_compatible(prior.config, param_tokenizer.config)
         self.prior, self.param_tokenizer = prior.eval(), param_tokenizer.eval()
-        self.text_encoder_name = text_encoder_name
+        if text_encoder_name:
+            self.prior.config.text_encoder = text_encoder_name
         self.sample_encoders = dict(sample_encoders or {})
         self._text_encoder = text_encoder
-        self.prior.config.text_encoder = text_encoder_name
-        self.prior.config.chunk_size = param_tokenizer.config.chunk_size
-        self.prior.config.param_tokenizer_subfolder = TOKENIZER_SUBFOLDER
+        self._text_encoder_kwargs = dict(text_encoder_kwargs or {})
+
+    @property
+    def text_encoder_name(self) -> str:
+        return self.prior.config.text_encoder
 
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            self._text_encoder = make_text_encoder(self.text_encoder_name)
+            self._text_encoder = make_text_encoder(self.text_encoder_name, **self._text_encoder_kwargs)
         return self._text_encoder
 
     # -------------------------------------------------------------- persistence
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the generator folder atomically (temporary folder, then rename)."""
-        target = Path(save_directory)
-        tmp = _atomic_dir(target)
+        """Write a complete pipeline repo, atomically (temporary folder, then rename): the prior with
+        `custom_pipelines` + `auto_map`, the flat remote code of the pipeline and both models, the ParamTokenizer in
+        its subfolder (its weights' sha256 in the config) and the sample encoders."""
+        from ..hub.remote_code import write_remote_code
+        from .pipeline_parameter_generation import PIPELINE_FILE, custom_pipelines
+
+        config = self.prior.config
+        sub = config.param_tokenizer_subfolder or TOKENIZER_SUBFOLDER
+        tmp = temporary_sibling(save_directory)
         try:
-            self.prior.config.sample_encoders = sorted(self.sample_encoders)
-            self.prior.save_pretrained(tmp)
-            self.param_tokenizer.save_pretrained(tmp / TOKENIZER_SUBFOLDER)
-            for name, enc in self.sample_encoders.items():
-                enc.save_pretrained(tmp / SAMPLE_ENCODERS_SUBFOLDER / name)
-            old = None
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            self.param_tokenizer.save_pretrained(tmp / sub)
+            for name, encoder in self.sample_encoders.items():
+                encoder.save_pretrained(tmp / SAMPLE_ENCODERS_SUBFOLDER / name)
+            config.param_tokenizer_subfolder, config.chunk_size = sub, self.param_tokenizer.config.chunk_size
+            config.param_tokenizer_sha256 = file_sha256(tmp / sub / WEIGHTS_NAME)
+            config.sample_encoders = sorted(self.sample_encoders)
+            config.custom_pipelines = custom_pipelines()
+            self.prior.save_pretrained(tmp)  # + auto_map and the models' remote code
+            write_remote_code(tmp, [PIPELINE_FILE])
+            replace_dir(tmp, save_directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None) -> ParamGenerator:
-        """Load a generator folder, local or a Hub repo (`snapshot_download`)."""
-        path = Path(path_or_repo_id)
-        from_hub = not path.is_dir()
-        if from_hub:
-            from ..hub.cards import fetch_snapshot
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, subfolder: str | None = None,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        token: str | bool | None = None, local_files_only: bool = False, **kwargs) -> ParamGenerator:
+        """Load a generator from a folder or a Hub repo, each component as its own `from_pretrained` does.
 
-            path = fetch_snapshot(str(path_or_repo_id), revision=revision)
-        prior = ParamPriorForCausalLM.from_pretrained(path)
-        cfg = prior.config
-        sub = path / (cfg.param_tokenizer_subfolder or TOKENIZER_SUBFOLDER)
-        pinned = cfg.param_tokenizer_repo_id and cfg.param_tokenizer_revision
-        if from_hub and pinned:  # a Hub generator uses the ParamTokenizer revision it pins, not whatever is at HEAD
-            tok_dir = fetch_snapshot(cfg.param_tokenizer_repo_id, revision=cfg.param_tokenizer_revision)
-            tok_dir = tok_dir / cfg.param_tokenizer_subfolder if cfg.param_tokenizer_subfolder else tok_dir
-            tokenizer = ParamTokenizer.from_pretrained(tok_dir)
-        elif sub.is_dir():
-            tokenizer = ParamTokenizer.from_pretrained(sub)
-        elif cfg.param_tokenizer_repo_id:
-            tokenizer = ParamTokenizer.from_pretrained(cfg.param_tokenizer_repo_id, revision=cfg.param_tokenizer_revision)
-        else:
-            raise GenerationError(f"{path} has no {sub.name}/ folder and its config names no param_tokenizer_repo_id.")
-        encoders = {}
-        enc_dir = path / SAMPLE_ENCODERS_SUBFOLDER
-        for name in getattr(cfg, "sample_encoders", None) or []:
-            encoders[name] = SampleEncoder.from_pretrained(enc_dir / name)
-        name = getattr(cfg, "text_encoder", None)
-        if not name:
-            raise GenerationError(f"{path}/config.json records no text_encoder.")
-        return cls(prior, tokenizer, name, encoders)
+        Args:
+            name_or_path: generator folder or Hub repo id.
+            subfolder: the generator's folder inside the repo.
+            revision / cache_dir / token / local_files_only: as in `from_pretrained`; the revision is resolved to
+                one commit, from which the prior, the ParamTokenizer (unless pinned) and the sample encoders load.
+            **kwargs: `param_tokenizer`, `text_encoder`, `sample_encoders` objects to use instead of loading them.
+        """
+        if not os.path.isdir(os.path.join(name_or_path, subfolder or "")):
+            from transformers.utils.hub import resolve_revision
+
+            resolved = resolve_revision(str(name_or_path), revision, token=token, local_files_only=local_files_only,
+                                        cache_dir=cache_dir)
+            revision = getattr(resolved, "resolved", None) or resolved
+        hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
+        prior = ParamPriorForCausalLM.from_pretrained(name_or_path, subfolder=subfolder or "", **hub)
+        return cls.from_prior(prior, name_or_path=name_or_path, subfolder=subfolder, **hub, **kwargs)
+
+    @classmethod
+    def from_prior(cls, prior: ParamPriorForCausalLM, *, name_or_path: str | os.PathLike | None = None,
+                   subfolder: str | None = None, revision: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                   local_files_only: bool = False, param_tokenizer: ParamTokenizer | None = None, text_encoder=None,
+                   sample_encoders: dict[str, SampleEncoder] | None = None) -> ParamGenerator:
+        """A generator around a loaded prior: the other components from the repo or folder it came from
+        (`name_or_path`, default the prior's `name_or_path`), as its config says."""
+        source = GeneratorSource(name_or_path or getattr(prior, "name_or_path", None), subfolder, revision,
+                                 cache_dir, token, local_files_only)
+        if param_tokenizer is None:
+            param_tokenizer = load_param_tokenizer(source, prior.config)
+        if sample_encoders is None:
+            sample_encoders = load_sample_encoders(source, prior.config)
+        text_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("token", token)) if v is not None}
+        return cls(prior, param_tokenizer, None, sample_encoders, text_encoder=text_encoder,
+                   text_encoder_kwargs=text_kwargs)
 
     # -------------------------------------------------------------- checks
     def check_layout(self, layout: ParamLayout) -> None:
-        """Raise `GenerationError` when the prior cannot express `layout`."""
+        """Raise `GenerationError` (`LayoutError`) when the prior (the ParamTokenizer) cannot express `layout`."""
         cfg, tok = self.prior.config, self.param_tokenizer.config
         if len(layout) == 0:
             raise GenerationError("The target layout has no tensors.")
@@ -198,18 +228,33 @@ class ParamGenerator:
         if bad:
             raise GenerationError(f"Tensor kinds {bad} are beyond the prior's kind table ({cfg.num_kinds} kinds).")
         if len(layout) > cfg.max_tensors:
-            raise GenerationError(f"The target has {len(layout)} tensors; the prior's table holds max_tensors={cfg.max_tensors}.")
+            raise GenerationError(f"The target has {len(layout)} tensors; the prior's table holds "
+                                  f"max_tensors={cfg.max_tensors}.")
         position, _ = chunk_positions(layout, tok.chunk_size, tok.aggregation)  # (N, 3)
         most = int(position[:, 1].max()) + 1
         if most > cfg.max_chunks_per_tensor:
             raise GenerationError(f"A tensor of the target spans {most} chunks; the prior's table holds "
                                   f"max_chunks_per_tensor={cfg.max_chunks_per_tensor}.")
+        for key in ("chunk_size", "aggregation"):
+            want = getattr(tok, key)
+            got = layout.metadata.get(key, want)
+            if got != want:
+                raise LayoutError(f"The target layout was chunked with {key}={got!r}; this generator uses {want!r}.")
+        floats = ("float", "bfloat", "torch.float", "torch.bfloat")
+        bad = [s.name for s in layout.specs if not str(s.dtype).startswith(floats)]
+        if bad:
+            raise LayoutError(f"The generator only expresses floating-point tensors; the target has {bad[:5]}.")
+
+    def resolve_target(self, target: Any) -> tuple[ParamLayout, Any]:
+        """`target` -> (layout, template) (`resolve_target`; a LoRA base is checked against the prior's layouts)."""
+        return resolve_target(target, self.prior.config.layouts or {})
 
     def _sample_encoder(self, X: torch.Tensor, texts: bool = False) -> SampleEncoder:
         if texts:
             if TEXT_SAMPLES not in self.sample_encoders:
-                raise GenerationError(f"The samples are texts, but this generator has no {TEXT_SAMPLES!r} sample encoder "
-                                      f"(it has {sorted(self.sample_encoders)}); pass numeric features instead.")
+                raise GenerationError(f"The samples are texts, but this generator has no {TEXT_SAMPLES!r} sample "
+                                      f"encoder (it has {sorted(self.sample_encoders)}); "
+                                      "pass numeric features instead.")
             return self.sample_encoders[TEXT_SAMPLES]
         features = int(X[0].numel())
         for enc in self.sample_encoders.values():
@@ -220,11 +265,12 @@ class ParamGenerator:
 
     def _check_samples(self, samples, num_classes: int):
         X = samples[0]
-        if _is_texts(X):  # labelled texts: embedded by the generator's text encoder
+        if is_texts(X):  # labelled texts: embedded by the generator's text encoder
             X = self.text_encoder(list(X))[:, 0]  # (n, dim)
         X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(samples[1], dtype=torch.long)
         if X.shape[0] != y.shape[0] or X.shape[0] == 0:
-            raise GenerationError(f"samples must be (X, y) with as many labels as inputs (>0), got {X.shape[0]} and {y.shape[0]}.")
+            raise GenerationError(f"samples must be (X, y) with as many labels as inputs (>0), got {X.shape[0]} "
+                                  f"and {y.shape[0]}.")
         present = sorted(set(y.tolist()))
         if present != list(range(num_classes)):
             raise GenerationError(f"The target has {num_classes} output units: samples need labels exactly "
@@ -237,70 +283,92 @@ class ParamGenerator:
             raise GenerationError(f"task_text must be a non-empty string, got {task_text!r}.")
         words = len(task_text.split())
         if words > MAX_INSTRUCTION_WORDS:
-            raise GenerationError(f"task_text has {words} words, more than {MAX_INSTRUCTION_WORDS} (it would be truncated).")
+            raise GenerationError(f"task_text has {words} words, more than {MAX_INSTRUCTION_WORDS} "
+                                  "(it would be truncated).")
         num_classes = output_size(layout)
         enc = InstructionEncoders(text=self.text_encoder)
         if samples is not None:
-            texts = _is_texts(samples[0])
+            texts = is_texts(samples[0])
             samples = self._check_samples(samples, num_classes)
             enc.samples = self._sample_encoder(samples[0], texts)
-        inst = Instruction(task_text=task_text, samples=samples, architecture=layout.describe(), num_classes=num_classes)
+        inst = Instruction(task_text=task_text, samples=samples, architecture=layout.describe(),
+                           num_classes=num_classes)
         try:
             out = encode_instruction(inst, enc, self.prior.config.max_condition_tokens)
         except ValueError as err:
             raise GenerationError(str(err)) from err
         return out.as_model_kwargs()
 
-    # -------------------------------------------------------------- generation
-    def generate(self, target, task_text: str, samples=None, num_samples: int = 1, seed: int | None = None,
-                 validation=None, decoding: str | None = None, **sampling) -> GenerationResult:
-        """Sample `num_samples` parameter sets for `target` (an `nn.Module` template or a `ParamLayout`).
+    # -------------------------------------------------------------- generation, in three steps
+    def prepare(self, target, task_text: str, samples=None, validation=None) -> dict[str, Any]:
+        """Check an instruction and encode it: `{"condition", "layout", "template", "validation"}`."""
+        layout, template = self.resolve_target(target)
+        if validation is not None and template is None:
+            raise GenerationError("validation scoring needs a target that builds a model (an nn.Module template, a "
+                                  "config or a LoRA target), got a bare ParamLayout.")
+        self.check_layout(layout)
+        if validation is not None:
+            validation = check_pair(validation, layout, "validation")
+            if is_texts(validation[0]):
+                raise GenerationError("validation scoring calls the built model on validation[0], so it needs "
+                                      "tensors, got texts; tokenize them yourself, or score the state_dicts yourself.")
+        condition = self.encode(layout, task_text, samples)
+        return {"condition": condition, "layout": layout, "template": template, "validation": validation}
+
+    @torch.no_grad()
+    def sample(self, condition: dict[str, torch.Tensor], layout: ParamLayout, num_candidates: int = 1,
+               seed: int | None = None, decoding: str | None = None, show_progress: bool = False,
+               **sampling) -> tuple[torch.LongTensor, list[dict[str, torch.Tensor]]]:
+        """Sample `num_candidates` code sequences and decode them: (codes (k, N, T), k state_dicts), on the CPU."""
+        tok = self.param_tokenizer.config
+        mean = resolve_decoding(tok, decoding) == "mean"
+        out = self.prior.generate_codes(**condition, layout=layout, chunk_size=tok.chunk_size,
+                                        aggregation=tok.aggregation, num_samples=num_candidates, seed=seed,
+                                        show_progress=show_progress, return_probs=mean,
+                                        **{**DEFAULT_SAMPLING, **sampling})  # codes (k, N, T) [, probs (k, N, T, K)]
+        if mean:
+            codes, probs = out
+            state_dicts = [self.param_tokenizer.decode_expected(p, layout) for p in probs]
+        else:
+            codes = out
+            state_dicts = [self.param_tokenizer.decode(c, layout) for c in codes]
+        return codes.cpu(), [{k: v.cpu() for k, v in sd.items()} for sd in state_dicts]
+
+    def select(self, prepared: dict[str, Any], codes: torch.LongTensor, state_dicts: list[dict[str, torch.Tensor]],
+               build: bool = True) -> GenerationResult:
+        """Score the candidates on the validation data (if any), keep the best, build it into the target."""
+        template, layout, validation = prepared["template"], prepared["layout"], prepared["validation"]
+        scores: list[float | None] = [None] * len(state_dicts)
+        best = 0
+        if validation is not None:
+            scores = [accuracy(build_model(template, sd, layout), *validation) for sd in state_dicts]
+            best = max(range(len(scores)), key=scores.__getitem__)
+        model = build_model(template, state_dicts[best], layout) if build and template is not None else None
+        return GenerationResult(state_dicts, codes, scores, best, model)
+
+    def generate(self, target, task_text: str, samples=None, num_candidates: int | None = None,
+                 seed: int | None = None, validation=None, decoding: str | None = None, *,
+                 num_samples: int | None = None, show_progress: bool = False, **sampling) -> GenerationResult:
+        """Generate `num_candidates` parameter sets for `target` and keep the best on `validation`.
 
         Args:
+            target: an `nn.Module` template, a transformers config, a `ParamLayout` or `(base_model, LoraConfig)`.
+            task_text: the natural-language task description.
             samples: few labelled samples `(X, y)`, y in 0..num_classes-1 in the target's output order. X may be
                 a list of texts: they are embedded by the text encoder (needs the generator's "text" sample encoder).
-            validation: `(X, y)` of the caller's validation data: scores every sample, returns the best loaded
-                into a copy of the template (needs an `nn.Module` target). Never pass test data.
+            num_candidates: networks generated for the instruction (best-of-k); default 1.
+            validation: `(X, y)` of the caller's validation data: scores every candidate, returns the best built
+                into the target (needs a target that builds a model). Never pass test data.
             decoding: "sample" decodes the sampled codes; "mean" decodes, chunk by chunk, the expected weights
                 under the distribution each code was sampled from (`ParamTokenizer.decode_expected`): the codes
                 still follow one sampled path, the weights are its posterior mean (less sampling noise).
                 None (default): "mean" where the ParamTokenizer allows it, else "sample".
+            num_samples: deprecated name of `num_candidates` (FutureWarning).
             **sampling: `generate` options (default `do_sample=True, temperature=1.0, top_k=0`).
         """
+        num_candidates = resolve_num_candidates(num_candidates, num_samples)
         decoding = resolve_decoding(self.param_tokenizer.config, decoding)
-        template = target if isinstance(target, nn.Module) else None
-        if template is not None:
-            layout = ParamLayout.from_module(template)
-        elif isinstance(target, ParamLayout):
-            layout = target
-        else:
-            raise TypeError(f"target must be an nn.Module template or a ParamLayout, got {type(target).__name__}.")
-        if validation is not None and template is None:
-            raise GenerationError("validation scoring needs an nn.Module template as target, got a ParamLayout.")
-        self.check_layout(layout)
-        cond = self.encode(layout, task_text, samples)
-        tok = self.param_tokenizer.config
-        out = self.prior.generate_codes(**cond, layout=layout, chunk_size=tok.chunk_size, aggregation=tok.aggregation,
-                                        num_samples=num_samples, seed=seed, return_probs=decoding == "mean",
-                                        **{**DEFAULT_SAMPLING, **sampling})
-        with torch.no_grad():
-            if decoding == "mean":
-                codes, probs = out
-                state_dicts = [self.param_tokenizer.decode_expected(p, layout) for p in probs]  # probs (k, N, T, K)
-            else:
-                codes = out
-                state_dicts = [self.param_tokenizer.decode(c, layout) for c in codes]  # codes (k, N, T)
-        scores: list[float | None] = [None] * len(state_dicts)
-        best, model = 0, None
-        if template is not None:
-            model = copy.deepcopy(template)
-        if validation is not None:
-            Xv, yv = torch.as_tensor(validation[0], dtype=torch.float32), torch.as_tensor(validation[1], dtype=torch.long)
-            for i, sd in enumerate(state_dicts):
-                model.load_state_dict(sd)
-                scores[i] = _accuracy(model, Xv, yv)
-            best = max(range(len(scores)), key=lambda i: scores[i])
-        if model is not None:
-            model.load_state_dict(state_dicts[best])
-            model.eval()
-        return GenerationResult(state_dicts, codes, scores, best, model)
+        prepared = self.prepare(target, task_text, samples, validation)
+        codes, state_dicts = self.sample(prepared["condition"], prepared["layout"], num_candidates, seed, decoding,
+                                         show_progress, **sampling)
+        return self.select(prepared, codes, state_dicts)

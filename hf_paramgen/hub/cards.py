@@ -1,4 +1,5 @@
-"""huggingface_hub glue: card templates (package data `hf_paramgen/hub/model_cards/`), rendering, pushing and fetching."""
+"""huggingface_hub glue: card templates (package data `hf_paramgen/hub/model_cards/`), rendering, pushing and
+fetching."""
 
 from __future__ import annotations
 

@@ -50,7 +50,8 @@ def _optional(tree: ast.AST) -> set[int]:
     ids = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(
-                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers):
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers):
             ids.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     return ids
 

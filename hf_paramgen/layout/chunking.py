@@ -56,7 +56,8 @@ def num_chunks(layout: ParamLayout, chunk_size: int, aggregation: Aggregation = 
     return sum(-(-length // chunk_size) for _, length, _ in _segments(layout, chunk_size, aggregation))
 
 
-def chunk_positions(layout: ParamLayout, chunk_size: int, aggregation: Aggregation = "layer") -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_positions(layout: ParamLayout, chunk_size: int,
+                    aggregation: Aggregation = "layer") -> tuple[torch.Tensor, torch.Tensor]:
     """(`chunk_position` (N, 3) long, `chunk_mask` (N, C) bool), computable without any weights."""
     _check(chunk_size, aggregation)
     starts = torch.tensor([s.offset for s in layout.specs])
@@ -93,7 +94,8 @@ def unchunk(chunks: torch.Tensor, layout: ParamLayout, aggregation: Aggregation 
     chunk_size = chunks.shape[1]
     expected = num_chunks(layout, chunk_size, aggregation)
     if chunks.shape[0] != expected:
-        raise LayoutError(f"layout needs {expected} chunks of size {chunk_size} ({aggregation}), got {chunks.shape[0]}.")
+        raise LayoutError(f"layout needs {expected} chunks of size {chunk_size} ({aggregation}), "
+                          f"got {chunks.shape[0]}.")
     out, row = [], 0
     for _, length, _ in _segments(layout, chunk_size, aggregation):
         n = -(-length // chunk_size)

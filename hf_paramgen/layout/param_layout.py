@@ -171,12 +171,14 @@ class ParamLayout:
         if "head" in self.metadata:
             names = set(self.metadata["head"] or [])
             return [i for i, s in enumerate(specs) if s.name in names]
-        weights = [i for i, s in enumerate(specs) if s.kind == "linear.weight" and not s.is_buffer and len(s.shape) == 2]
+        weights = [i for i, s in enumerate(specs)
+                   if s.kind == "linear.weight" and not s.is_buffer and len(s.shape) == 2]
         if not weights:
             return []
         w = weights[-1]
         head = [w]
-        if w + 1 < len(specs) and specs[w + 1].kind == "linear.bias" and tuple(specs[w + 1].shape) == (specs[w].shape[0],):
+        bias = specs[w + 1] if w + 1 < len(specs) else None
+        if bias is not None and bias.kind == "linear.bias" and tuple(bias.shape) == (specs[w].shape[0],):
             head.append(w + 1)
         return head
 
@@ -204,7 +206,7 @@ class ParamLayout:
     def from_dict(cls, data: dict) -> ParamLayout:
         entries = [(s["name"], tuple(s["shape"]), s["dtype"], s["kind"], s["is_buffer"]) for s in data["specs"]]
         layout = cls.from_specs(entries, data.get("metadata"))
-        for spec, s in zip(layout.specs, data["specs"]):
+        for spec, s in zip(layout.specs, data["specs"], strict=True):
             if spec.offset != s["offset"]:
                 raise LayoutError(f"Offset of {spec.name!r} is {s['offset']} in the JSON, expected {spec.offset}.")
         return layout
@@ -232,7 +234,8 @@ class ParamLayout:
             if tuple(t.shape) != spec.shape:
                 raise LayoutError(f"{source}: tensor {spec.name!r} has shape {tuple(t.shape)}, expected {spec.shape}.")
             if not torch.is_floating_point(t):
-                raise LayoutError(f"{source}: tensor {spec.name!r} has dtype {t.dtype}, expected a float ({spec.dtype}).")
+                raise LayoutError(f"{source}: tensor {spec.name!r} has dtype {t.dtype}, "
+                                  f"expected a float ({spec.dtype}).")
             if not torch.isfinite(t).all():
                 bad = int((~torch.isfinite(t)).sum())
                 raise LayoutError(f"{source}: tensor {spec.name!r} holds {bad} NaN/inf values.")
@@ -245,7 +248,8 @@ class ParamLayout:
     def unflatten(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inverse of `flatten`: (D,) -> `state_dict` with each tensor's shape and dtype."""
         if weights.ndim != 1 or weights.numel() != self.num_params:
-            raise LayoutError(f"weights must be a flat vector of {self.num_params} values, got shape {tuple(weights.shape)}.")
+            raise LayoutError(f"weights must be a flat vector of {self.num_params} values, "
+                              f"got shape {tuple(weights.shape)}.")
         return {
             s.name: weights[s.offset : s.offset + s.numel].reshape(s.shape).to(getattr(torch, s.dtype)).clone()
             for s in self.specs

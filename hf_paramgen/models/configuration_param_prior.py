@@ -51,7 +51,7 @@ class ParamPriorConfig(PreTrainedConfig):
 
     Args:
         codebook_size: codes per ParamTokenizer codebook (K).
-        codes_per_chunk: codes per chunk (l) = the ParamTokenizer's `tokens_per_chunk`.
+        codes_per_chunk: codes per chunk = the ParamTokenizer's `codes_per_chunk` (latents_per_chunk * num_quantizers).
         num_special_tokens: ids below `code_offset`; must hold `bos_token_id` and `pad_token_id`.
         bos_token_id / pad_token_id: special ids.
         condition_dim: width of the condition vectors (`ConditionEncoder.dim`).
@@ -175,7 +175,8 @@ class ParamPriorConfig(PreTrainedConfig):
             return copy.deepcopy(transformer), None
         transformer = dict(transformer if transformer is not None else DEFAULT_DECODER)
         if "model_type" not in transformer:
-            raise ValueError(f"ParamPriorConfig.transformer must be a config dict with a 'model_type', got {transformer!r}.")
+            raise ValueError(f"ParamPriorConfig.transformer must be a config dict with a 'model_type', "
+                             f"got {transformer!r}.")
         kwargs = {k: v for k, v in transformer.items()
                   if k not in _MANAGED_KEYS and k not in ("model_type", "transformers_version")}
         return AutoConfig.for_model(transformer["model_type"], **copy.deepcopy(kwargs)), transformer.get("vocab_size")
@@ -221,8 +222,8 @@ class ParamPriorConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < self.num_special_tokens:
                 raise ValueError(
-                    f"ParamPriorConfig.{name} must be a special id in [0, num_special_tokens={self.num_special_tokens}), "
-                    f"got {value!r}."
+                    f"ParamPriorConfig.{name} must be a special id in "
+                    f"[0, num_special_tokens={self.num_special_tokens}), got {value!r}."
                 )
         if self.bos_token_id == self.pad_token_id:
             raise ValueError(f"bos_token_id and pad_token_id must differ, both are {self.bos_token_id}.")

@@ -128,7 +128,8 @@ class ParamTokenizerConfig(PreTrainedConfig):
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"ParamTokenizerConfig.quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}.")
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"ParamTokenizerConfig.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
+            raise ValueError(f"ParamTokenizerConfig.aggregation must be one of {AGGREGATIONS}, "
+                             f"got {self.aggregation!r}.")
         if self.quantizer == "gumbel" and self.num_quantizers != 1:
             raise ValueError(
                 f"num_quantizers={self.num_quantizers} (residual VQ) needs quantizer='ema', got quantizer='gumbel' "

@@ -19,6 +19,9 @@ class by class, which is what lets a generated head follow a new label order (DE
 `(tensor_index, chunk_in_tensor, kind_id, slot, class_slot)`, so the prior always knows where in the network
 the next code lies, also in block-wise generation where positions in the decoder are relative.
 
+The structure rows and their embedding live in `code_structure`, whole-network generation
+(`generate_codes`) in `generation_param_prior`; both are re-exported / mixed in here.
+
 How the training collator builds a batch (`hf_paramgen.data.collate.PriorCollator` does this):
 
 * ``condition_embeds`` (b, n_max, d) float: each row's condition vectors, right-padded with zeros;
@@ -36,7 +39,6 @@ How the training collator builds a batch (`hf_paramgen.data.collate.PriorCollato
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -46,85 +48,19 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Generation
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..hub.remote_code import RemoteCodeMixin
-from ..layout.chunking import chunk_positions
+from .code_structure import (  # noqa: F401  re-exported: callers import them from here
+    NUM_STRUCTURE_FIELDS,
+    STRUCTURE_FIELDS,
+    CodeStructureEmbedding,
+    class_slots,
+    head_tensors,
+    structure_for_layout,
+)
 from .configuration_param_prior import ParamPriorConfig
-
-STRUCTURE_FIELDS: tuple[str, ...] = ("tensor_index", "chunk_in_tensor", "kind_id", "slot", "class_slot")
-NUM_STRUCTURE_FIELDS = len(STRUCTURE_FIELDS)
+from .generation_param_prior import ParamPriorGenerationMixin
 
 
-def head_tensors(layout) -> list[int]:
-    """Indices of the classifier head's tensors: the last `linear.weight` and the `linear.bias` right after it.
-
-    Row i of these tensors is output unit i, i.e. class i of the task. A layout may name its head in
-    `metadata["head"]` instead (LoRA layouts: the `lora_B` of the base's output layer); adapters that do
-    not touch the output layer have no head.
-    """
-    specs = layout.specs
-    if "head" in layout.metadata:
-        names = set(layout.metadata["head"] or [])
-        return [i for i, s in enumerate(specs) if s.name in names]
-    weights = [i for i, s in enumerate(specs) if s.kind == "linear.weight" and not s.is_buffer and len(s.shape) == 2]
-    if not weights:
-        return []
-    w = weights[-1]
-    head = [w]
-    if w + 1 < len(specs) and specs[w + 1].kind == "linear.bias" and tuple(specs[w + 1].shape) == (specs[w].shape[0],):
-        head.append(w + 1)
-    return head
-
-
-def class_slots(layout, chunk_size: int, aggregation: str = "layer", position: torch.Tensor | None = None) -> torch.Tensor:
-    """LongTensor (N,): 1 + the output unit (class) a chunk's first weight belongs to in the head, 0 elsewhere.
-
-    `position`: the layout's `chunk_positions` (N, 3) when the caller already has them.
-    """
-    if position is None:
-        position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
-    out = torch.zeros(position.shape[0], dtype=torch.long)
-    for t in head_tensors(layout):
-        spec = layout.specs[t]
-        rows = position[:, 0] == t
-        if aggregation == "layer":
-            local = position[rows, 1] * chunk_size
-        else:  # chunk index is global: offset of the chunk's first weight inside tensor t
-            local = position[rows, 1] * chunk_size - spec.offset
-        out[rows] = 1 + local.clamp(min=0) // max(1, spec.numel // spec.shape[0])
-    return out
-
-
-def structure_for_layout(layout, chunk_size: int, codes_per_chunk: int, aggregation: str = "layer") -> torch.Tensor:
-    """Per-code structure of a network: LongTensor (N*l, 5) of `STRUCTURE_FIELDS`, in code order.
-
-    Each chunk's `(tensor_index, chunk_in_tensor, kind_id)` from `chunk_positions` is repeated over
-    its `codes_per_chunk` slots; the 4th column is the slot, the 5th the chunk's `class_slots` entry
-    (1 + class index inside the classifier head, 0 elsewhere). Values are not clipped here.
-    """
-    if not isinstance(codes_per_chunk, int) or codes_per_chunk <= 0:
-        raise ValueError(f"codes_per_chunk must be a positive int, got {codes_per_chunk!r}.")
-    position, _ = chunk_positions(layout, chunk_size, aggregation)  # (N, 3)
-    slots = torch.arange(codes_per_chunk).repeat(position.shape[0])  # (N*l,)
-    classes = class_slots(layout, chunk_size, aggregation, position)  # (N,)
-    per_code = lambda x: x.repeat_interleave(codes_per_chunk, dim=0)  # noqa: E731  chunk rows -> code rows
-    return torch.cat([per_code(position), slots[:, None], per_code(classes)[:, None]], dim=1)
-
-
-class CodeStructureEmbedding(nn.Module):
-    """Sum of four embeddings of `code_structure` (..., 5) (its first four fields); indices clipped to each table's last row."""
-
-    def __init__(self, config: ParamPriorConfig, hidden_size: int):
-        super().__init__()
-        self.tensor = nn.Embedding(config.max_tensors, hidden_size)
-        self.chunk = nn.Embedding(config.max_chunks_per_tensor, hidden_size)
-        self.kind = nn.Embedding(config.num_kinds, hidden_size)
-        self.slot = nn.Embedding(config.codes_per_chunk, hidden_size)
-
-    def forward(self, code_structure: torch.Tensor) -> torch.Tensor:  # (b, q, 5) -> (b, q, h); class_slot unused here
-        tables = (self.tensor, self.chunk, self.kind, self.slot)
-        return sum(t(code_structure[..., i].clamp(0, t.num_embeddings - 1)) for i, t in enumerate(tables))
-
-
-class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
+class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrainedModel, GenerationMixin):
     """Autoregressive prior p(code_i | code_<i, condition) on a stock transformers decoder."""
 
     remote_auto_map = {"AutoConfig": "configuration_param_prior.ParamPriorConfig",
@@ -150,7 +86,8 @@ class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        """N(0, initializer_range) for the prior's own Linear/Embedding layers; lm_head scaled down by sqrt(2*layers)."""
+        """N(0, initializer_range) for the prior's own Linear/Embedding layers; lm_head scaled down by
+        sqrt(2*layers)."""
         from transformers import initialization as init
 
         std = self.config.initializer_range
@@ -201,7 +138,8 @@ class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
     def _prefix(self, condition_embeds: torch.Tensor, condition_types: torch.Tensor | None) -> torch.Tensor:
         b, n, d = condition_embeds.shape
         if d != self.config.condition_dim:
-            raise ValueError(f"condition_embeds have width {d}, this prior expects condition_dim={self.config.condition_dim}.")
+            raise ValueError(f"condition_embeds have width {d}, this prior expects "
+                             f"condition_dim={self.config.condition_dim}.")
         if n > self.config.max_condition_tokens:
             raise ValueError(f"{n} condition tokens exceed max_condition_tokens={self.config.max_condition_tokens}.")
         if condition_types is None:
@@ -257,7 +195,8 @@ class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
             input_ids: (b, q) `[BOS, codes + code_offset ...]`, or only the new ids when `cache` holds the past.
             condition_embeds / condition_types / condition_mask: (b, n_cond, d) / (b, n_cond) / (b, n_cond);
                 types default to 0 (text), the mask to all ones.
-            code_structure: (b, q, 5) (4 accepted: no class_slot), row p = structure of the code predicted at position p.
+            code_structure: (b, q, 5) (4 accepted: no class_slot), row p = structure of the code predicted at
+                position p.
             attention_mask: (b, past_ids + q) over `input_ids` only, or (b, n_cond + past_ids + q) including the prefix.
             labels: (b, q), -100 where ignored; shifted inside (position p predicts labels[p+1]).
             cache / past_key_values: a transformers `Cache` (`past_key_values` is the older name).
@@ -268,43 +207,62 @@ class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
         cache = cache if cache is not None else past_key_values
         if use_cache is None and labels is not None:
             use_cache = False  # training: no cache to build
-        if input_ids is None or input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be (b, q), got {None if input_ids is None else tuple(input_ids.shape)}.")
-        b, q = input_ids.shape
+        b, q = self._check_inputs(input_ids, code_structure, condition_embeds)
         past = cache.get_seq_length() if cache is not None else 0
-        embeds = self.get_input_embeddings()(input_ids)  # (b, q, h)
-        if code_structure is not None:
-            if code_structure.ndim != 3 or code_structure.shape[:2] != (b, q) or code_structure.shape[2] not in (4, 5):
-                raise ValueError(
-                    f"code_structure must be (b, q, {NUM_STRUCTURE_FIELDS})={(b, q, NUM_STRUCTURE_FIELDS)}, "
-                    f"got {tuple(code_structure.shape)}."
-                )
-            embeds = embeds + self.structure_embed(code_structure)
-        n_cond = 0 if condition_embeds is None else condition_embeds.shape[1]
-        if condition_embeds is not None and condition_embeds.shape[0] != b:
-            raise ValueError(f"condition_embeds hold {condition_embeds.shape[0]} rows, input_ids {b}.")
-        if condition_mask is None:
+        if condition_embeds is None or condition_mask is None:  # no condition: an empty mask
+            n_cond = 0 if condition_embeds is None else condition_embeds.shape[1]
             condition_mask = torch.ones(b, n_cond, dtype=torch.long, device=input_ids.device)
-        if self.config.condition_injection and n_cond:
-            embeds = embeds + self._injection(condition_embeds, condition_types, condition_mask.long(), code_structure)
-        if past == 0 and n_cond:
-            embeds = torch.cat([self._prefix(condition_embeds, condition_types), embeds], dim=1)
-        mask = self._full_attention_mask(attention_mask, condition_mask.long(), past, b, q)  # (b, past + len)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
+        condition_mask = condition_mask.long()
+        embeds = self._embed(input_ids, code_structure, condition_embeds, condition_types, condition_mask, past)
+        mask = self._full_attention_mask(attention_mask, condition_mask, past, b, q)  # (b, past + len)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]  # padded prefix slots skipped
         out = self.decoder(
             inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=use_cache,
             **kwargs,
         )
-        hidden = out.last_hidden_state[:, -q:]  # drop the prefix
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden).float()
-        logits[..., : self.config.code_offset] = torch.finfo(logits.dtype).min  # specials are never predicted
+        logits = self._logits(out.last_hidden_state[:, -q:], logits_to_keep)  # the prefix dropped
         loss = None if labels is None else self._loss(logits, labels, num_items_in_batch)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=out.cache if use_cache is not False else None,
             hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
         )
+
+    def _check_inputs(self, input_ids, code_structure, condition_embeds) -> tuple[int, int]:
+        """(b, q) of `input_ids`, after checking that the structure and condition rows match them."""
+        if input_ids is None or input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (b, q), got {None if input_ids is None else tuple(input_ids.shape)}.")
+        b, q = input_ids.shape
+        if code_structure is not None and (
+            code_structure.ndim != 3 or code_structure.shape[:2] != (b, q) or code_structure.shape[2] not in (4, 5)
+        ):
+            raise ValueError(
+                f"code_structure must be (b, q, {NUM_STRUCTURE_FIELDS})={(b, q, NUM_STRUCTURE_FIELDS)}, "
+                f"got {tuple(code_structure.shape)}."
+            )
+        if condition_embeds is not None and condition_embeds.shape[0] != b:
+            raise ValueError(f"condition_embeds hold {condition_embeds.shape[0]} rows, input_ids {b}.")
+        return b, q
+
+    def _embed(self, input_ids, code_structure, condition_embeds, condition_types, condition_mask, past: int):
+        """Decoder inputs (b, [n_cond +] q, h): token + structure (+ injected condition) embeddings, with the
+        condition prefix in front when the cache is empty."""
+        embeds = self.get_input_embeddings()(input_ids)  # (b, q, h)
+        if code_structure is not None:
+            embeds = embeds + self.structure_embed(code_structure)
+        n_cond = condition_mask.shape[1]
+        if self.config.condition_injection and n_cond:
+            embeds = embeds + self._injection(condition_embeds, condition_types, condition_mask, code_structure)
+        if past == 0 and n_cond:
+            embeds = torch.cat([self._prefix(condition_embeds, condition_types), embeds], dim=1)
+        return embeds
+
+    def _logits(self, hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+        """Float logits over the vocabulary (b, q or logits_to_keep, V); special ids are never predicted."""
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden).float()
+        logits[..., : self.config.code_offset] = torch.finfo(logits.dtype).min
+        return logits
 
     def _full_attention_mask(self, attention_mask, condition_mask, past: int, b: int, q: int) -> torch.Tensor:
         n_cond = condition_mask.shape[1]
@@ -316,7 +274,8 @@ class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
             attention_mask = torch.cat([condition_mask, attention_mask], dim=1)
         if attention_mask.shape != (b, total):
             raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (b, {total - n_cond}) over input ids "
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (b, {total - n_cond}) over input "
+                "ids "
                 f"or (b, {total}) including the {n_cond} condition tokens."
             )
         return attention_mask
@@ -329,128 +288,6 @@ class ParamPriorForCausalLM(RemoteCodeMixin, PreTrainedModel, GenerationMixin):
         if num_items_in_batch is None:
             return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum") / num_items_in_batch
-
-    # ------------------------------------------------------------------ generation
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, code_structure=None, **kwargs):
-        """Default preparation, plus the rows of `code_structure` for the ids fed at this step."""
-        inputs = super().prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length, **kwargs)
-        if code_structure is not None:
-            q, end = inputs["input_ids"].shape[1], input_ids.shape[1]
-            if code_structure.shape[1] < end:
-                raise ValueError(f"code_structure covers {code_structure.shape[1]} positions, generation reached {end}.")
-            inputs["code_structure"] = code_structure[:, end - q : end]
-        return inputs
-
-    @torch.no_grad()
-    def generate_codes(
-        self,
-        condition_embeds: torch.Tensor | None = None,
-        layout=None,
-        chunk_size: int | None = None,
-        aggregation: str | None = None,
-        num_samples: int = 1,
-        condition_types: torch.Tensor | None = None,
-        condition_mask: torch.Tensor | None = None,
-        seed: int | None = None,
-        block_window: int | None = None,
-        show_progress: bool = False,
-        return_probs: bool = False,
-        **sampling,
-    ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
-        """Sample the codes of a whole network: LongTensor (b * num_samples, N, l), instruction-major.
-
-        Args:
-            condition_embeds: (b, n_cond, d) (None: unconditional).
-            layout: the target `ParamLayout` (or a name in `config.layouts`); with `chunk_size` and `aggregation` (defaults from the config)
-                it fixes N chunks and the structure of every code.
-            num_samples: samples per instruction.
-            seed: seeds `torch.manual_seed` for this call only (global RNG state is restored).
-            block_window: codes of the previous block kept as context when the network is longer than a block.
-            return_probs: also return the distribution each code was drawn from, (b * num_samples, N, l, K)
-                float (after temperature/top-k/top-p), e.g. for `ParamTokenizer.decode_expected`.
-            **sampling: `GenerationMixin.generate` options (do_sample, top_k, top_p, temperature, ...).
-        """
-        if "num_return_sequences" in sampling:
-            raise TypeError("Pass num_samples, not num_return_sequences, to generate_codes.")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
-        layout = self.config.get_layout(layout) if isinstance(layout, str) else layout
-        chunk_size = chunk_size or self.config.chunk_size
-        if layout is None or chunk_size is None:
-            raise ValueError(f"generate_codes needs a layout and a chunk_size, got {type(layout).__name__}, {chunk_size}.")
-        l = self.config.codes_per_chunk
-        structure = structure_for_layout(layout, chunk_size, l, aggregation or self.config.aggregation)
-        device = self.lm_head.weight.device
-        b = 1 if condition_embeds is None else condition_embeds.shape[0]
-        cond = {"condition_embeds": condition_embeds, "condition_types": condition_types, "condition_mask": condition_mask}
-        cond = {k: v.to(device).repeat_interleave(num_samples, dim=0) for k, v in cond.items() if v is not None}
-        rng = contextlib.nullcontext()
-        if seed is not None:
-            rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-        with rng:
-            if seed is not None:
-                torch.manual_seed(seed)
-            codes, probs = self._generate_blocks(cond, structure.to(device), b * num_samples, block_window,
-                                                 show_progress, sampling, return_probs)
-        codes = codes.view(b * num_samples, -1, l)
-        if return_probs:
-            return codes, probs.view(b * num_samples, -1, l, self.config.codebook_size)
-        return codes
-
-    def _generate_blocks(self, cond: dict, structure: torch.Tensor, batch: int, window, show_progress, sampling,
-                         return_probs: bool = False):
-        """Algorithm 1 of IGPG: one block if the network fits the context, else blocks with a window."""
-        from transformers.utils.logging import tqdm
-
-        total = structure.shape[0]
-        n_cond = cond["condition_embeds"].shape[1] if "condition_embeds" in cond else 0
-        capacity = self.config.max_position_embeddings - n_cond - 1
-        if window is None:
-            window = self.config.block_window if self.config.block_window is not None else capacity // 2
-        if not 0 <= window < capacity:
-            raise ValueError(f"block_window must lie in [0, {capacity}) (codes per block), got {window}.")
-        codes = torch.empty(batch, 0, dtype=torch.long, device=structure.device)
-        probs = [] if return_probs else None
-        with tqdm(total=total, desc="codes", unit="code", disable=not show_progress) as bar:
-            while codes.shape[1] < total:
-                done = codes.shape[1]
-                w = min(window, done)
-                new = min(capacity - w, total - done)
-                block = self._generate_block(cond, codes[:, done - w :], structure[done - w : done + new], new, sampling,
-                                             return_probs)
-                if return_probs:
-                    block, block_probs = block
-                    probs.append(block_probs)
-                codes = torch.cat([codes, block], dim=1)
-                bar.update(new)
-        return codes, (torch.cat(probs, dim=1) if return_probs else None)
-
-    def _generate_block(self, cond: dict, prompt: torch.Tensor, structure: torch.Tensor, new: int, sampling: dict,
-                        return_probs: bool = False):
-        """`new` codes after `[BOS] + prompt`; `structure` (w+new, 5) holds the absolute rows of prompt and new codes.
-
-        Returns the new codes (B, new), and with `return_probs` also their distributions (B, new, K).
-        """
-        batch = prompt.shape[0]
-        bos = torch.full((batch, 1), self.config.bos_token_id, dtype=torch.long, device=prompt.device)
-        input_ids = torch.cat([bos, self.codes_to_input_ids(prompt)], dim=1)  # (B, 1+w)
-        out = self.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            code_structure=structure[None].expand(batch, -1, -1).contiguous(),
-            max_new_tokens=new,
-            min_new_tokens=None,
-            eos_token_id=None,
-            pad_token_id=self.config.pad_token_id,
-            **cond,
-            **sampling,
-            **({"output_scores": True, "return_dict_in_generate": True} if return_probs else {}),
-        )
-        if not return_probs:
-            return self.input_ids_to_codes(out[:, input_ids.shape[1] :])  # (B, new)
-        scores = torch.stack(out.scores, dim=1).float()  # (B, new, V), processed as the sampler saw them
-        probs = scores[..., self.config.code_offset :].softmax(-1)
-        return self.input_ids_to_codes(out.sequences[:, input_ids.shape[1] :]), probs
 
 
 def register() -> None:

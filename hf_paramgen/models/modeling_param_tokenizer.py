@@ -24,8 +24,8 @@ from transformers.utils import ModelOutput
 
 from ..hub.remote_code import RemoteCodeMixin
 from ..layout.chunking import chunk, chunk_positions, num_chunks, unchunk
-from .configuration_param_tokenizer import ParamTokenizerConfig
 from ..layout.param_layout import LayoutError, ParamLayout
+from .configuration_param_tokenizer import ParamTokenizerConfig
 from .quantizer import EMACodebook, GumbelQuantizer, build_quantizer
 
 
@@ -121,7 +121,8 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
     (state_dicts, modules) and `encode_chunks` / `decode_codes` (normalised chunks) use it.
     """
 
-    remote_auto_map = {"AutoConfig": "configuration_param_tokenizer.ParamTokenizerConfig", "AutoModel": "modeling_param_tokenizer.ParamTokenizer"}
+    remote_auto_map = {"AutoConfig": "configuration_param_tokenizer.ParamTokenizerConfig",
+                       "AutoModel": "modeling_param_tokenizer.ParamTokenizer"}
 
     def __init__(self, config: ParamTokenizerConfig):
         super().__init__(config)
@@ -153,7 +154,8 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
         if chunk_position is None:
             return torch.zeros(n, 3, dtype=torch.long, device=device)
         if chunk_position.shape != (n, 3):
-            raise ValueError(f"chunk_position must be ({n}, 3) (tensor, chunk, kind), got {tuple(chunk_position.shape)}.")
+            raise ValueError(f"chunk_position must be ({n}, 3) (tensor, chunk, kind), "
+                             f"got {tuple(chunk_position.shape)}.")
         return chunk_position.long()
 
     def _latents(self, chunks: torch.Tensor, chunk_position: torch.Tensor) -> torch.Tensor:
@@ -208,7 +210,8 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
         for key in ("chunk_size", "aggregation"):
             expected, got = getattr(self.config, key), layout.metadata.get(key, getattr(self.config, key))
             if got != expected:
-                raise LayoutError(f"layout was chunked with {key}={got!r} but this ParamTokenizer uses {key}={expected!r}.")
+                raise LayoutError(f"layout was chunked with {key}={got!r} but this ParamTokenizer uses "
+                                  f"{key}={expected!r}.")
 
     def _normalised_chunks(self, state_dict_or_module, layout: ParamLayout | None):
         if isinstance(state_dict_or_module, nn.Module):
@@ -232,14 +235,16 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
         """Codes (N, T) -> the `state_dict` of `layout` (its shapes and dtypes), denormalised."""
         return self.decode_batch([codes], [layout])[0]
 
-    def encode_batch(self, items: list, layouts: list[ParamLayout | None] | ParamLayout | None = None) -> list[torch.Tensor]:
+    def encode_batch(self, items: list,
+                     layouts: list[ParamLayout | None] | ParamLayout | None = None) -> list[torch.Tensor]:
         """Several state_dicts/modules -> a list of codes (N_i, T), encoded in one pass."""
         layouts = layouts if isinstance(layouts, list) else [layouts] * len(items)
         parts = [self._normalised_chunks(item, lay) for item, lay in zip(items, layouts, strict=True)]
         codes = self.encode_chunks(torch.cat([p.chunks for p in parts]), torch.cat([p.chunk_position for p in parts]))
         return list(codes.split([len(p) for p in parts]))
 
-    def decode_batch(self, codes: list[torch.Tensor], layouts: list[ParamLayout] | ParamLayout) -> list[dict[str, torch.Tensor]]:
+    def decode_batch(self, codes: list[torch.Tensor],
+                     layouts: list[ParamLayout] | ParamLayout) -> list[dict[str, torch.Tensor]]:
         """A list of codes (N_i, T) -> a list of state_dicts, decoded in one pass."""
         layouts = layouts if isinstance(layouts, list) else [layouts] * len(codes)
         c, agg = self.config.chunk_size, self.config.aggregation
@@ -252,7 +257,8 @@ class ParamTokenizer(RemoteCodeMixin, ParamTokenizerPreTrainedModel):
                                   f"{num_chunks(layout, c, agg)} chunks of size {c} ({agg}).")
             positions.append(chunk_positions(layout, c, agg)[0])
         chunks = self.decode_codes(torch.cat(codes), torch.cat(positions)).split([len(x) for x in codes])
-        return [lay.unflatten(unchunk(ch, lay, agg) / lay.fan_in_scale()) for ch, lay in zip(chunks, layouts)]
+        return [lay.unflatten(unchunk(ch, lay, agg) / lay.fan_in_scale())
+                for ch, lay in zip(chunks, layouts, strict=True)]
 
     @torch.no_grad()
     def decode_expected(self, probs: torch.Tensor, layout: ParamLayout) -> dict[str, torch.Tensor]:

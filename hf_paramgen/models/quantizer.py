@@ -188,7 +188,8 @@ class GumbelQuantizer(nn.Module):
     def temperature(self) -> float:
         """Cosine annealing from `t_max` to `t_min` (log-space), restarting every `cycle` steps."""
         phase = (int(self.num_steps) % self.cycle) / self.cycle
-        log_t = math.log(self.t_min) + 0.5 * (math.log(self.t_max) - math.log(self.t_min)) * (1 + math.cos(math.pi * phase))
+        lo, hi = math.log(self.t_min), math.log(self.t_max)
+        log_t = lo + 0.5 * (hi - lo) * (1 + math.cos(math.pi * phase))
         return math.exp(log_t)
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:

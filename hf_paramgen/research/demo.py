@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from ..utils import atomic_write_json
+
 
 def _stage(name: str, done: bool) -> bool:
     print(f"\n=== {name}: {'reusing finished output' if done else 'running'} ===", flush=True)
@@ -43,7 +45,7 @@ def run_demo(output_dir: str | Path, tokenizer_steps: int = 1500, prior_steps: i
     if _stage("corpus", (corpus_dir / "corpus_config.json").exists()):
         timed("corpus", build_corpus, [str(zoo_dir)], corpus_dir, chunk_size=64)
     if _stage("param_tokenizer", (tok_dir / "config.json").exists()):
-        from ..training.loop import cli_train_tokenizer
+        from ..training.tokenizer import cli_train_tokenizer
 
         argv = ["--corpus", str(corpus_dir), "--output_dir", str(tok_dir), "--max_steps", str(tokenizer_steps),
                 "--max_time_s", str(stage_seconds)]
@@ -66,14 +68,8 @@ def run_demo(output_dir: str | Path, tokenizer_steps: int = 1500, prior_steps: i
         timed("evaluation", cli_evaluate, argv)
     results = json.loads(results_path.read_text())
     results["stage_seconds"] = {**results.get("stage_seconds", {}), **timings}
-    _atomic_write(results_path, json.dumps(results, indent=2))
+    atomic_write_json(results_path, results)
     return results
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def cli_demo(argv: list[str]) -> int:
@@ -84,7 +80,7 @@ def cli_demo(argv: list[str]) -> int:
     p.add_argument("--stage_seconds", type=int, default=150, help="time cap of the ParamTokenizer's training")
     p.add_argument("--prior_seconds", type=int, default=300, help="time cap of the prior's training")
     p.add_argument("--num_tasks", type=int, default=4, help="held-out tasks evaluated")
-    p.add_argument("--k", type=int, default=4, help="samples per instruction (best of k on validation)")
+    p.add_argument("--k", type=int, default=4, help="candidates generated per instruction (best of k on validation)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     results = run_demo(args.output_dir, args.tokenizer_steps, args.prior_steps, args.stage_seconds, args.num_tasks,

@@ -8,48 +8,67 @@ import json
 import sys
 import time
 
-from ..generation.generator import DECODINGS, GenerationResult, ParamGenerator
+from ..generation.generator import DECODINGS, GenerationResult, ParamGenerator, resolve_num_candidates
 from .architectures import build_model
+from .samples import FEW_SHOT_PER_CLASS
 from .tasks import Task, few_shot_samples, load_task_split
 from .zoo import evaluate_accuracy
 
+__all__ = ["generate_for_task", "cli_generate"]
 
-def generate_for_task(generator: ParamGenerator, task: Task, architecture: str, num_samples: int = 4,
-                      seed: int | None = None, select_on: str | None = "validation", decoding: str | None = None,
-                      **sampling) -> GenerationResult:
-    """Zoo convenience: conditions on the task's text + 5 train samples per class; best-of-k on `select_on`."""
+
+def generate_for_task(generator: ParamGenerator, task: Task, architecture: str, num_candidates: int | None = None,
+                      seed: int | None = None, select_on: str | None = "validation", decoding: str | None = None, *,
+                      num_samples: int | None = None, **sampling) -> GenerationResult:
+    """Generate `num_candidates` nets of `architecture` for a zoo task and keep the best on `select_on`.
+
+    Args:
+        generator: a `ParamGenerator`.
+        task: the zoo task; the instruction is its task text + `FEW_SHOT_PER_CLASS` train samples per class.
+        architecture: a name of `research.architectures.ARCHITECTURES` (the output size is the task's).
+        num_candidates: networks generated (best of k; default 4). `num_samples`: its deprecated old name.
+        select_on: the task's data split that picks the best candidate (None: no selection; never "test").
+        decoding / **sampling: passed to `ParamGenerator.generate`.
+    """
+    num_candidates = resolve_num_candidates(num_candidates, num_samples, default=4)
     template = build_model(architecture, num_classes=task.num_classes)
-    samples = few_shot_samples(task, per_class=5, split="train")
+    samples = few_shot_samples(task, per_class=FEW_SHOT_PER_CLASS, split="train")
     validation = load_task_split(task, select_on) if select_on else None
-    return generator.generate(template, task.instruction, samples=samples, num_samples=num_samples, seed=seed,
-                              validation=validation, decoding=decoding, **sampling)
+    return generator.generate(template, task.task_text, samples, num_candidates, seed=seed, validation=validation,
+                              decoding=decoding, **sampling)
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def cli_generate(argv: list[str]) -> int:
-    """`hf-paramgen generate`: generate nets for a zoo task and save the best one (a `ZooNet` folder)."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-paramgen generate", description=cli_generate.__doc__)
     parser.add_argument("--generator", required=True, help="generator folder or Hub repo id")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--dataset", default="mnist", help="mnist or digits")
     parser.add_argument("--classes", required=True, help="comma-separated class ids in output order, e.g. 3,7,1,0")
     parser.add_argument("--transform", default="none")
-    parser.add_argument("--architecture", required=True, help="an architecture name of hf_paramgen.research.architectures")
-    parser.add_argument("--num_samples", type=int, default=4)
+    parser.add_argument("--architecture", required=True,
+                        help="an architecture name of hf_paramgen.research.architectures")
+    parser.add_argument("--num_candidates", "--num_samples", type=int, default=4, dest="num_candidates",
+                        help="networks generated, the best on the validation split kept (--num_samples: old name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--decoding", choices=DECODINGS, default=None,
                         help="weights of the sampled codes, or their expectation (default: mean where possible)")
     parser.add_argument("--output_dir", default=None, help="save the best network here (save_pretrained)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cli_generate(argv: list[str]) -> int:
+    """`hf-paramgen generate`: generate nets for a zoo task and save the best one (a `ZooNet` folder)."""
+    args = _parser().parse_args(argv)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON report only (loaders print notices)
         gen = ParamGenerator.from_pretrained(args.generator, revision=args.revision)
     task = Task.make(args.dataset, [int(c) for c in args.classes.split(",")], args.transform)
     start = time.perf_counter()
-    result = generate_for_task(gen, task, args.architecture, args.num_samples, args.seed, temperature=args.temperature,
-                               decoding=args.decoding)
-    report = {"task": task.task_id, "architecture": args.architecture, "validation_scores": result.scores,
-              "best_index": result.best_index, "seconds": time.perf_counter() - start,
+    result = generate_for_task(gen, task, args.architecture, args.num_candidates, args.seed,
+                               temperature=args.temperature, decoding=args.decoding)
+    seconds = time.perf_counter() - start
+    report = {"task": task.task_id, "task_text": task.task_text, "architecture": args.architecture,
+              "validation_scores": result.scores, "best_index": result.best_index, "seconds": seconds,
               "best_test_accuracy": evaluate_accuracy(result.model, task, "test")}
     if args.output_dir:
         result.model.save_pretrained(args.output_dir)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from ..conditioning.samples import TEXT_SAMPLES, SampleEncoder
 from .tasks import Task, few_shot_samples
 
+__all__ = ["FEW_SHOT_PER_CLASS", "sample_encoder_for_dataset", "ZooSamples"]
+
 FEW_SHOT_PER_CLASS = 5
 
 
@@ -44,9 +46,12 @@ class ZooSamples:
         self.datasets, self.per_class = tuple(datasets), per_class
 
     def sample_encoders(self, dim: int) -> dict[str, SampleEncoder]:
+        """One sample encoder of width `dim` per served dataset."""
         return {name: sample_encoder_for_dataset(name, dim=dim) for name in self.datasets}
 
     def __call__(self, task: dict, text_encoder):
+        """`(X, y, dataset)`: the few-shot samples of a corpus model's task (texts embedded by `text_encoder`),
+        or None when this provider does not serve its dataset."""
         from .adapter_zoo_minilm import TEXT_DATASET, text_few_shot_samples
 
         dataset = task.get("dataset")

@@ -71,10 +71,10 @@ def split_indices(dataset: str) -> dict[str, np.ndarray]:
     for label in range(DATASETS[dataset]["num_classes"]):
         idx = rng.permutation(np.flatnonzero(y == label))
         n_train = round(len(idx) * SPLIT_FRACTIONS["train"])
-        n_val = round(len(idx) * SPLIT_FRACTIONS["validation"])
+        n_validation = round(len(idx) * SPLIT_FRACTIONS["validation"])
         parts["train"].append(idx[:n_train])
-        parts["validation"].append(idx[n_train:n_train + n_val])
-        parts["test"].append(idx[n_train + n_val:])
+        parts["validation"].append(idx[n_train:n_train + n_validation])
+        parts["test"].append(idx[n_train + n_validation:])
     out = {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
     for arr in out.values():
         arr.flags.writeable = False
@@ -240,3 +240,12 @@ def image_shape(dataset: str) -> tuple[int, int, int]:
 def chance_accuracy(task: Task) -> float:
     """Accuracy of a constant guess on a class-balanced task (1 / num_classes)."""
     return 1.0 / task.num_classes
+
+
+def __getattr__(name: str):
+    if name == "SPLITS":  # the old name: SPLITS had three meanings in the project
+        import warnings
+
+        warnings.warn("hf_paramgen.research.tasks.SPLITS is deprecated: use DATA_SPLITS.", FutureWarning, stacklevel=2)
+        return DATA_SPLITS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -64,7 +64,8 @@ def load_manifest(zoo_dir: str | os.PathLike) -> dict:
     """The `manifest.json` of a zoo folder."""
     path = Path(zoo_dir) / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{zoo_dir} is not a model zoo: no manifest.json (build one with `hf-paramgen build-zoo`).")
+        raise FileNotFoundError(f"{zoo_dir} is not a model zoo: no manifest.json (build one with "
+                                "`hf-paramgen build-zoo`).")
     return json.loads(path.read_text())
 
 
@@ -110,7 +111,8 @@ def _summary(entries: list[dict]) -> dict:
     out = {}
     for arch in sorted({e["architecture"] for e in entries}):
         rows = [e for e in entries if e["architecture"] == arch]
-        out[arch] = {"num_checkpoints": len(rows), "mean_val_accuracy": round(float(np.mean([r["val_accuracy"] for r in rows])), 4),
+        out[arch] = {"num_checkpoints": len(rows),
+                     "mean_val_accuracy": round(float(np.mean([r["val_accuracy"] for r in rows])), 4),
                      "mean_test_accuracy": round(float(np.mean([r["test_accuracy"] for r in rows])), 4),
                      "min_test_accuracy": round(float(np.min([r["test_accuracy"] for r in rows])), 4)}
     return out
@@ -124,21 +126,25 @@ def _manifest(preset: str, tasks: list[dict], jobs: list[dict], output_dir: Path
         "format": "hf_paramgen-model-zoo/1", "preset": preset,
         "data_splits": {d: split_info(d) for d in sorted({t["dataset"] for t in tasks})},
         "training_recipe": TRAINING_RECIPE,
-        "init": {"schedule": list(init_schedule(preset)), "rule": "seed k uses schedule[k % len(schedule)]", "shared_seeds": SHARED_INIT_SEEDS,
+        "init": {"schedule": list(init_schedule(preset)), "rule": "seed k uses schedule[k % len(schedule)]",
+                 "shared_seeds": SHARED_INIT_SEEDS,
                  "independent_seed": "zlib.crc32('<task_id>/<architecture>/<seed>')",
                  "how": "torch.manual_seed(init_seed); build_model(architecture, num_classes)"},
         "task_split": {"seed": SPLIT_SEED, "fractions_per_family": TASK_SPLIT_FRACTIONS},
         "checkpoint_splits": list(CHECKPOINT_SPLITS),
         "tasks": tasks,
         "architectures": {a: {"config": ARCHITECTURES[a], "dataset": ARCHITECTURE_DATASET[a], "seeds": s,
-                              "task_fraction": f, "heldout": a in HELDOUT_ARCHITECTURES} for a, (s, f) in archs.items()},
+                              "task_fraction": f, "heldout": a in HELDOUT_ARCHITECTURES}
+                          for a, (s, f) in archs.items()},
         "heldout_architectures": [a for a in archs if a in HELDOUT_ARCHITECTURES],
         "heldout_tasks": [t["task_id"] for t in tasks if t["split"] == "heldout_task"],
         "validation_tasks": [t["task_id"] for t in tasks if t["split"] == "validation"],
         "checkpoints": entries, "num_checkpoints": len(entries), "num_planned_checkpoints": len(jobs),
-        "num_tasks": len({e["task_id"] for e in entries}), "num_architectures": len({e["architecture"] for e in entries}),
+        "num_tasks": len({e["task_id"] for e in entries}),
+        "num_architectures": len({e["architecture"] for e in entries}),
         "num_checkpoints_per_split": {s: sum(e["split"] == s for e in entries) for s in CHECKPOINT_SPLITS},
-        "num_checkpoints_per_init": {i: sum(e["init"] == i for e in entries) for i in sorted(set(init_schedule(preset)))},
+        "num_checkpoints_per_init": {i: sum(e["init"] == i for e in entries)
+                                     for i in sorted(set(init_schedule(preset)))},
         "summary": _summary(entries) if entries else {}, **run,
     }
 
@@ -152,7 +158,8 @@ def _readme(manifest: dict) -> str:
             f"{len(manifest['heldout_tasks'])} held-out tasks). Built in {manifest['zoo_build_seconds']} s "
             f"with {manifest['num_workers']} worker(s). Each folder under `checkpoints/` loads with "
             f"`ZooNet.from_pretrained`; `manifest.json` lists tasks, splits and accuracies.\n\n"
-            f"| architecture | checkpoints | mean val accuracy | mean test accuracy |\n|---|---|---|---|\n{rows}\n")
+            f"| architecture | checkpoints | mean validation accuracy | mean test accuracy |\n"
+            f"|---|---|---|---|\n{rows}\n")
 
 
 def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: int = 2,
@@ -163,7 +170,8 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
 
     Args:
         output_dir: the zoo folder (created if missing).
-        preset: a name in `PRESETS`: "full" (>= 2,000 checkpoints), "shared" (one architecture, one shared init), "demo", "tiny".
+        preset: a name in `PRESETS`: "full" (>= 2,000 checkpoints), "shared" (one architecture, one shared init),
+            "demo", "tiny".
         num_workers: training processes (1: in this process).
         limit: build only the first `limit` planned checkpoints.
 
@@ -187,7 +195,8 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
         _run_jobs(todo, output_dir, num_workers)
     finally:
         torch.set_num_threads(threads)
-    previous = json.loads((output_dir / "manifest.json").read_text()) if (output_dir / "manifest.json").is_file() else {}
+    manifest_path = output_dir / "manifest.json"
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     run_seconds = time.perf_counter() - start
     run = {"num_workers": num_workers, "num_trained_this_run": len(todo), "this_run_seconds": round(run_seconds, 2),
            "zoo_build_seconds": round(previous.get("zoo_build_seconds", 0.0) + run_seconds, 2),
@@ -201,7 +210,8 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
 
 def cli_build_zoo(argv: list[str]) -> int:
     """`hf-paramgen build-zoo --output_dir outputs/zoo --preset full --num_workers 2`."""
-    parser = argparse.ArgumentParser(prog="hf-paramgen build-zoo", description="Train a model zoo of small nets on real data.")
+    parser = argparse.ArgumentParser(prog="hf-paramgen build-zoo",
+                                     description="Train a model zoo of small nets on real data.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--num_workers", type=int, default=2)

@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 
+from ..data.corpus import MODEL_SPLITS
 from .architectures import ARCHITECTURE_DATASET
 from .tasks import DATASETS, Task
 
@@ -25,7 +26,7 @@ INIT_SCHEDULE = ("shared-0", "shared-1", "independent", "shared-0")  # init of s
 HELDOUT_ARCHITECTURES = ("mlp-784-48",)
 SPLIT_SEED = 0
 TASK_SPLIT_FRACTIONS = {"heldout_task": 0.15, "validation": 0.10}
-CHECKPOINT_SPLITS = ("train", "validation", "heldout_task", "heldout_architecture")
+CHECKPOINT_SPLITS = MODEL_SPLITS  # the corpus's model splits
 
 # Colour inversion is used on digits only: on MNIST-5k, 784-input MLPs trained with Adam collapse on inverted
 # images (mean inputs ~0.87 move every first-layer pre-activation together; mlp-784-16 reached a mean test
@@ -99,13 +100,14 @@ def make_tasks(preset: str = "full", seed: int = SPLIT_SEED) -> list[dict]:
             task = Task.make(dataset, rng.permutation(DATASETS[dataset]["num_classes"])[:k].tolist(), transform)
             if task.task_id not in seen:
                 seen.add(task.task_id)
-                family_tasks.append({**task.to_dict(), "instruction": task.instruction,
+                family_tasks.append({**task.to_dict(), "instruction": task.task_text,
                                      "num_classes": task.num_classes, "family": family, "split": "train"})
         order = rng.permutation(count)
         n_held = max(1, round(count * TASK_SPLIT_FRACTIONS["heldout_task"])) if count >= 3 else 0
-        n_val = round(count * TASK_SPLIT_FRACTIONS["validation"])
+        n_validation = round(count * TASK_SPLIT_FRACTIONS["validation"])
         for rank, i in enumerate(order):
-            family_tasks[i]["split"] = "heldout_task" if rank < n_held else "validation" if rank < n_held + n_val else "train"
+            family_tasks[i]["split"] = ("heldout_task" if rank < n_held
+                                        else "validation" if rank < n_held + n_validation else "train")
         tasks += family_tasks
     for split in ("heldout_task", "validation"):  # tiny presets: still at least one task of each split
         if not any(t["split"] == split for t in tasks):

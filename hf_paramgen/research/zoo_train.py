@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..data.checkpoints import LAYOUT_FILE  # a checkpoint's `ParamLayout`: what corpora read
 from ..layout.param_layout import ParamLayout
 from ..utils import accuracy, replace_dir, temporary_sibling
 from .architectures import ZooNet, build_model
@@ -27,7 +28,6 @@ __all__ = ["TRAINING_RECIPE", "LAYOUT_FILE", "train_model", "evaluate_accuracy",
 
 TRAINING_RECIPE: dict = {"optimizer": "Adam", "lr": 3e-3, "batch_size": 64, "weight_decay": 0.0,
                          "loss": "cross_entropy", "epochs": {"mnist": 5, "digits": 15}, "torch_threads": 1}
-LAYOUT_FILE = "param_layout.json"  # a checkpoint's `ParamLayout` (what corpora read, without the architectures)
 
 
 def _batches(n: int, batch_size: int, seed: int):
@@ -40,13 +40,14 @@ def _batches(n: int, batch_size: int, seed: int):
 
 
 def _check_model_task(model: torch.nn.Module, task: Task) -> None:
+    """The model reads the task's inputs and has one output unit per class (`ParamLayout.output_size`)."""
     input_shape = getattr(model, "input_shape", None)
     if input_shape is not None and int(np.prod(input_shape)) != task.input_dim:
         raise ValueError(f"Model reads inputs of shape {list(input_shape)} but task {task.task_id!r} "
                          f"({task.dataset}) has {task.input_dim} features.")
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
-    if last and last[0].out_features != task.num_classes:
-        raise ValueError(f"Model has {last[0].out_features} output units but task {task.task_id!r} "
+    outputs = ParamLayout.from_module(model).output_size
+    if outputs is not None and outputs != task.num_classes:
+        raise ValueError(f"Model has {outputs} output units but task {task.task_id!r} "
                          f"has {task.num_classes} classes.")
 
 
@@ -90,7 +91,7 @@ def evaluate_accuracy(model: torch.nn.Module, task: Task, split: str = "test") -
     X, y = load_task_split(task, split)
     was_training = model.training
     try:
-        return accuracy(model, X, y)
+        return accuracy(model, X, y)  # the exact fraction correct / n (ties in best-of-k break as before)
     finally:
         model.train(was_training)
 
@@ -129,7 +130,7 @@ A `{{ architecture }}` network (`hf_paramgen.ZooNet`) of the hf_paramgen model z
 
 **Task:** {{ instruction }}
 
-| val accuracy | test accuracy | init | seed | split |
+| validation accuracy | test accuracy | init | seed | split |
 |---|---|---|---|---|
 | {{ val_accuracy }} | {{ test_accuracy }} | {{ init }} | {{ seed }} | {{ split }} |
 
@@ -157,7 +158,7 @@ def train_checkpoint(job: dict, output_dir: str | os.PathLike) -> dict:
     train_model(model, task, seed=job["seed"])
     seconds = time.perf_counter() - start
     metadata = {
-        "task_id": task.task_id, "instruction": task.instruction, "dataset": task.dataset,
+        "task_id": task.task_id, "instruction": task.task_text, "dataset": task.dataset,
         "classes": list(task.classes), "transform": task.transform, "num_classes": task.num_classes,
         "family": job["task"].get("family"), "architecture": job["architecture"], "seed": job["seed"],
         "init": job["init"], "init_seed": job["init_seed"],

@@ -301,7 +301,7 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
         model, train_dataset, collate_fn, config, eval_dataset)
     if accelerator.is_main_process:
         atomic_write_json(Path(config.output_dir) / "training_config.json", asdict(config))
-    state.step = _resume(accelerator, config, state)
+    state.step = start = _resume(accelerator, config, state)
     model.train()
     started, sums, count, record, seen = time.time(), {}, 0, {}, 0
     best = _best_loss(config) if state.step else None
@@ -328,7 +328,8 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
         if state.step % config.save_every == 0 and state.step < config.max_steps:
             save_checkpoint(accelerator, state)
     bar.close()
-    save_checkpoint(accelerator, state)
+    if state.step > start or not start:  # a run resumed at its end has nothing new to checkpoint
+        save_checkpoint(accelerator, state)
     if accelerator.is_main_process:
         _save_model(accelerator, model, Path(config.output_dir))
     _write_rank_record(accelerator, config, seen)

@@ -10,7 +10,7 @@
 mean test accuracies of trained checkpoints of the same (task, architecture) pairs; the optional
 `retrieval` gives the nearest-instruction checkpoint's accuracies, for the fraction of the
 retrieval -> trained gap the generator closes: (generated - retrieval) / (trained - retrieval), on means.
-The module imports without `evaluate` installed (`compute_param_generation` is then usable directly).
+`compute_param_generation` is the metric without `evaluate` (the module imports without it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def compute_param_generation(predictions: Sequence[float], references: Sequence[
                              retrieval: Sequence[float] | None = None) -> dict:
     """The metric itself, without `evaluate`."""
     if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"Expected equally many (>= 1) predictions and references, got {len(predictions)} and {len(references)}.")
+        raise ValueError(f"Expected equally many (>= 1) predictions and references, "
+                         f"got {len(predictions)} and {len(references)}.")
     if retrieval is not None and len(retrieval) != len(predictions):
         raise ValueError(f"Expected one retrieval accuracy per prediction ({len(predictions)}), got {len(retrieval)}.")
     g, t = sum(map(float, predictions)) / len(predictions), sum(map(float, references)) / len(references)

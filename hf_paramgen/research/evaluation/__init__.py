@@ -2,7 +2,8 @@
 
 `evaluate_generator(generate_fn, zoo_dir, ...)` works with any generator given as
 `generate_fn(task, architecture, num_candidates, seed) -> list[state_dict]` (None: baselines only). Per evaluation
-split (`EVAL_SPLITS`: `seen_tasks` = train-split tasks, `heldout_tasks`, `heldout_architectures`) it reports mean test accuracy of:
+split (`EVAL_SPLITS`: `seen_tasks` = train-split tasks, `heldout_tasks`, `heldout_architectures`) it reports mean
+test accuracy of:
 
 * `generated_zero_shot`  best of k generated nets, chosen on the task's **validation** split (never test);
 * `generated_finetuned`  that net after `finetune_steps` Adam steps (zoo recipe lr) on the train split;
@@ -33,34 +34,47 @@ from .novelty import align_hidden_units, aligned_distance, checkpoint_nearest_me
 from .report import format_architecture_table, format_table, plot_curves
 from .runner import evaluate_generator, evaluate_row, summarise
 from .speed import (
-                    GenerationTimer,
-                    batch_throughput,
-                    compute_floor_ratio,
-                    generator_fn,
-                    matmul_flops_per_second,
-                    prior_size,
+    GenerationTimer,
+    batch_throughput,
+    compute_floor_ratio,
+    generator_fn,
+    matmul_flops_per_second,
+    prior_size,
 )
 from .zoo_index import (
-                    ARCH_COLUMNS,
-                    EVAL_SPLITS,
-                    METHODS,
-                    NOISE_SCALE,
-                    RIDGE_ALPHAS,
-                    GenerateFn,
-                    StateDict,
-                    ZooIndex,
-                    add_noise,
-                    default_condition_fn,
-                    hashing_condition_fn,
-                    make_model,
-                    select_best,
-                    select_tasks,
+    ARCH_COLUMNS,
+    EVAL_SPLITS,
+    METHODS,
+    NOISE_SCALE,
+    REACH_FRACTION,
+    RIDGE_ALPHAS,
+    TASK_SPLIT,
+    GenerateFn,
+    StateDict,
+    ZooIndex,
+    add_noise,
+    default_condition_fn,
+    hashing_condition_fn,
+    make_model,
+    select_best,
+    select_tasks,
 )
 
-__all__ = ["EVAL_SPLITS", "METHODS", "ARCH_COLUMNS", "NOISE_SCALE", "RIDGE_ALPHAS", "StateDict", "GenerateFn",
+__all__ = ["EVAL_SPLITS", "METHODS", "ARCH_COLUMNS", "TASK_SPLIT", "NOISE_SCALE", "REACH_FRACTION", "RIDGE_ALPHAS",
+           "StateDict", "GenerateFn",
            "ZooIndex", "select_tasks", "make_model", "default_condition_fn", "hashing_condition_fn", "select_best",
            "add_noise", "align_hidden_units", "aligned_distance", "checkpoint_nearest_median", "novelty",
            "error_agreement", "fit_ridge_hypernetwork", "steps_to_reach", "steps_ratio", "BaselineCache",
            "matmul_flops_per_second", "compute_floor_ratio", "batch_throughput", "GenerationTimer", "generator_fn",
            "prior_size", "evaluate_row", "summarise", "evaluate_generator", "format_table",
            "format_architecture_table", "plot_curves", "cli_evaluate"]
+
+
+def __getattr__(name: str):
+    if name == "SPLITS":  # the old name: SPLITS had three meanings in the project
+        import warnings
+
+        warnings.warn("hf_paramgen.research.evaluation.SPLITS is deprecated: use EVAL_SPLITS.", FutureWarning,
+                      stacklevel=2)
+        return EVAL_SPLITS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,9 +16,9 @@ from .runner import evaluate_generator
 from .speed import GenerationTimer, batch_throughput, compute_floor_ratio, generator_fn, prior_size
 from .zoo_index import ConditionFn, hashing_condition_fn
 
-SPEED_NOTE = ("wall time of generate_for_task calls (incl. conditioning and decoding codes to weights), all tasks incl. "
-              "shuffled-instruction calls; FLOPs/token = 2 x all prior parameters (embeddings included) + 4 x layers x "
-              "mean context x hidden")
+SPEED_NOTE = ("wall time of generate_for_task calls (incl. conditioning and decoding codes to weights), all tasks "
+              "incl. shuffled-instruction calls; FLOPs/token = 2 x all prior parameters (embeddings included) + 4 x "
+              "layers x mean context x hidden")
 BATCHED_KEYS_NOTE = ("tokens_per_second / compute_floor_ratio: one batched generate_codes call of "
                      "`batched_generation.batch` networks; *_k: the evaluation's own generate_for_task calls "
                      "(k candidates each, incl. decoding)")
@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="also time one batched generate_codes call of this many networks (0: skip)")
     parser.add_argument("--baselines_only", action="store_true", help="no generator: all baselines incl. the ridge map")
     parser.add_argument("--small", action="store_true", help="1 task per split, k=2, short curves (tests)")
-    parser.add_argument("--hashing_conditions", action="store_true", help="HashingTextEncoder instead of MiniLM (tests)")
+    parser.add_argument("--hashing_conditions", action="store_true",
+                        help="HashingTextEncoder instead of MiniLM (tests)")
     return parser
 
 
@@ -101,7 +102,8 @@ def add_speed(result: dict, args: argparse.Namespace, gen_fn: GenerationTimer | 
     tp = batch_throughput(generator, task_from_dict(tasks[0]), args.architectures[0], args.throughput_batch)
     tp.update(compute_floor_ratio(tp["tokens_per_second"], params, hidden, context, layers))
     result["batched_generation"] = tp
-    result["tokens_per_second_k"], result["compute_floor_ratio_k"] = result["tokens_per_second"], floor["compute_floor_ratio"]
+    result["tokens_per_second_k"] = result["tokens_per_second"]
+    result["compute_floor_ratio_k"] = floor["compute_floor_ratio"]
     result["tokens_per_second"], result["compute_floor_ratio"] = tp["tokens_per_second"], tp["compute_floor_ratio"]
     result["generation"]["keys"] = BATCHED_KEYS_NOTE
 

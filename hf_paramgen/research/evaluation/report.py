@@ -42,7 +42,7 @@ def plot_curves(result: dict, path: str | os.PathLike) -> None:
 
     splits = [s for s in EVAL_SPLITS if result["curves"].get(s)]  # splits with no evaluated task get no panel
     fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 3.6), squeeze=False)
-    for ax, split in zip(axes[0], splits):
+    for ax, split in zip(axes[0], splits, strict=False):  # no split: one empty panel
         for init, curve in result["curves"][split].items():
             ax.plot(result["curves"]["steps"][: len(curve)], curve, label=f"{init.replace('_init', '')} init")
         ax.set(title=split, xlabel="fine-tuning step", ylabel="validation accuracy")

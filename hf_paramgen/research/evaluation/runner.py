@@ -93,7 +93,8 @@ class _Row:
         avg = self.cache.zoo_average(self.arch, self.task)
         self.values["zoo_average"] = self.test(self.model(avg)) if avg else None
         if avg is None:
-            self.notes["zoo_average"] = f"no training-split checkpoints of {self.arch} with {self.task.num_classes} classes"
+            self.notes["zoo_average"] = (f"no training-split checkpoints of {self.arch} with {self.task.num_classes} "
+                                         "classes")
 
     def retrieval(self) -> None:
         """`retrieval` (+ noise, fine-tuned, steps ratio): the nearest training task's checkpoint best on validation."""

@@ -1,0 +1,143 @@
+"""Generation for `ParamPriorForCausalLM`: whole networks of codes, block by block (Algorithm 1 of IGPG).
+
+`ParamPriorGenerationMixin.generate_codes` samples the codes of a network for a layout, feeding each
+step's `code_structure` rows through `prepare_inputs_for_generation` to transformers' `generate`. A
+network longer than the context is generated in blocks that keep a window of the previous block's codes.
+This module is part of the prior's Hub remote code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .code_structure import structure_for_layout
+
+
+class ParamPriorGenerationMixin:
+    """Mixed into `ParamPriorForCausalLM` (before `GenerationMixin`): code generation for a target layout."""
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, code_structure=None, **kwargs):
+        """Default preparation, plus the rows of `code_structure` for the ids fed at this step."""
+        inputs = super().prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length, **kwargs)
+        if code_structure is not None:
+            q, end = inputs["input_ids"].shape[1], input_ids.shape[1]
+            if code_structure.shape[1] < end:
+                raise ValueError(f"code_structure covers {code_structure.shape[1]} positions, generation reached "
+                                 f"{end}.")
+            inputs["code_structure"] = code_structure[:, end - q : end]
+        return inputs
+
+    @torch.no_grad()
+    def generate_codes(
+        self,
+        condition_embeds: torch.Tensor | None = None,
+        layout=None,
+        chunk_size: int | None = None,
+        aggregation: str | None = None,
+        num_samples: int = 1,
+        condition_types: torch.Tensor | None = None,
+        condition_mask: torch.Tensor | None = None,
+        seed: int | None = None,
+        block_window: int | None = None,
+        show_progress: bool = False,
+        return_probs: bool = False,
+        **sampling,
+    ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
+        """Sample the codes of a whole network: LongTensor (b * num_samples, N, l), instruction-major.
+
+        Args:
+            condition_embeds: (b, n_cond, d) (None: unconditional).
+            layout: the target `ParamLayout` (or a name in `config.layouts`); with `chunk_size` and `aggregation`
+                (defaults from the config) it fixes N chunks and the structure of every code.
+            num_samples: samples per instruction.
+            seed: seeds `torch.manual_seed` for this call only (global RNG state is restored).
+            block_window: codes of the previous block kept as context when the network is longer than a block.
+            return_probs: also return the distribution each code was drawn from, (b * num_samples, N, l, K)
+                float (after temperature/top-k/top-p), e.g. for `ParamTokenizer.decode_expected`.
+            **sampling: `GenerationMixin.generate` options (do_sample, top_k, top_p, temperature, ...).
+        """
+        if "num_return_sequences" in sampling:
+            raise TypeError("Pass num_samples, not num_return_sequences, to generate_codes.")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+        layout = self.config.get_layout(layout) if isinstance(layout, str) else layout
+        chunk_size = chunk_size or self.config.chunk_size
+        if layout is None or chunk_size is None:
+            raise ValueError(f"generate_codes needs a layout and a chunk_size, got {type(layout).__name__}, "
+                             f"{chunk_size}.")
+        per_chunk = self.config.codes_per_chunk
+        structure = structure_for_layout(layout, chunk_size, per_chunk, aggregation or self.config.aggregation)
+        device = self.lm_head.weight.device
+        b = 1 if condition_embeds is None else condition_embeds.shape[0]
+        cond = {"condition_embeds": condition_embeds, "condition_types": condition_types,
+                "condition_mask": condition_mask}
+        cond = {k: v.to(device).repeat_interleave(num_samples, dim=0) for k, v in cond.items() if v is not None}
+        rng = contextlib.nullcontext()
+        if seed is not None:
+            rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            codes, probs = self._generate_blocks(cond, structure.to(device), b * num_samples, block_window,
+                                                 show_progress, sampling, return_probs)
+        codes = codes.view(b * num_samples, -1, per_chunk)
+        if return_probs:
+            return codes, probs.view(b * num_samples, -1, per_chunk, self.config.codebook_size)
+        return codes
+
+    def _generate_blocks(self, cond: dict, structure: torch.Tensor, batch: int, window, show_progress, sampling,
+                         return_probs: bool = False):
+        """Algorithm 1 of IGPG: one block if the network fits the context, else blocks with a window."""
+        from transformers.utils.logging import tqdm
+
+        total = structure.shape[0]
+        n_cond = cond["condition_embeds"].shape[1] if "condition_embeds" in cond else 0
+        capacity = self.config.max_position_embeddings - n_cond - 1
+        if window is None:
+            window = self.config.block_window if self.config.block_window is not None else capacity // 2
+        if not 0 <= window < capacity:
+            raise ValueError(f"block_window must lie in [0, {capacity}) (codes per block), got {window}.")
+        codes = torch.empty(batch, 0, dtype=torch.long, device=structure.device)
+        probs = [] if return_probs else None
+        with tqdm(total=total, desc="codes", unit="code", disable=not show_progress) as bar:
+            while codes.shape[1] < total:
+                done = codes.shape[1]
+                w = min(window, done)
+                new = min(capacity - w, total - done)
+                block = self._generate_block(cond, codes[:, done - w :], structure[done - w : done + new], new,
+                                             sampling, return_probs)
+                if return_probs:
+                    block, block_probs = block
+                    probs.append(block_probs)
+                codes = torch.cat([codes, block], dim=1)
+                bar.update(new)
+        return codes, (torch.cat(probs, dim=1) if return_probs else None)
+
+    def _generate_block(self, cond: dict, prompt: torch.Tensor, structure: torch.Tensor, new: int, sampling: dict,
+                        return_probs: bool = False):
+        """`new` codes after `[BOS] + prompt`; `structure` (w+new, 5) holds the absolute rows of prompt and new codes.
+
+        Returns the new codes (B, new), and with `return_probs` also their distributions (B, new, K).
+        """
+        batch = prompt.shape[0]
+        bos = torch.full((batch, 1), self.config.bos_token_id, dtype=torch.long, device=prompt.device)
+        input_ids = torch.cat([bos, self.codes_to_input_ids(prompt)], dim=1)  # (B, 1+w)
+        out = self.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            code_structure=structure[None].expand(batch, -1, -1).contiguous(),
+            max_new_tokens=new,
+            min_new_tokens=None,
+            eos_token_id=None,
+            pad_token_id=self.config.pad_token_id,
+            **cond,
+            **sampling,
+            **({"output_scores": True, "return_dict_in_generate": True} if return_probs else {}),
+        )
+        if not return_probs:
+            return self.input_ids_to_codes(out[:, input_ids.shape[1] :])  # (B, new)
+        scores = torch.stack(out.scores, dim=1).float()  # (B, new, V), processed as the sampler saw them
+        probs = scores[..., self.config.code_offset :].softmax(-1)
+        return self.input_ids_to_codes(out.sequences[:, input_ids.shape[1] :]), probs
