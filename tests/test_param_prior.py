@@ -233,11 +233,11 @@ def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(layout):
 def test_several_samples_per_instruction(layout):
     model = tiny_model()
     cond = conditions(b=2)
-    codes = model.generate_codes(layout=layout, chunk_size=4, num_samples=3, do_sample=True, seed=0, **cond)
+    codes = model.generate_codes(layout=layout, chunk_size=4, num_candidates=3, do_sample=True, seed=0, **cond)
     assert codes.shape == (6, 7, 2)
     assert len({tuple(c.flatten().tolist()) for c in codes}) > 1
     first = model.generate_codes(cond["condition_embeds"][:1], layout, 4, condition_types=cond["condition_types"][:1])
-    greedy = model.generate_codes(layout=layout, chunk_size=4, num_samples=2, **cond)
+    greedy = model.generate_codes(layout=layout, chunk_size=4, num_candidates=2, **cond)
     torch.testing.assert_close(greedy[:2], first.expand(2, -1, -1), rtol=0, atol=0)  # instruction-major
 
 
@@ -333,5 +333,7 @@ def test_generate_codes_accepts_a_layout_name_and_architecture_aggregation(layou
     assert model.generate_codes(layout="mlp", aggregation="layer", **conditions()).shape == (1, 7, 2)
     with pytest.raises(KeyError, match=r"No layout named 'cnn' in this prior; it knows \['mlp'\]"):
         model.generate_codes(layout="cnn")
-    with pytest.raises(ValueError, match="num_samples must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="num_candidates must be a positive int, got 0"):
+        model.generate_codes(layout="mlp", num_candidates=0)
+    with pytest.warns(FutureWarning, match="num_samples"), pytest.raises(ValueError, match="got 0"):
         model.generate_codes(layout="mlp", num_samples=0)

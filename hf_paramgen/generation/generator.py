@@ -323,7 +323,7 @@ class ParamGenerator:
         tok = self.param_tokenizer.config
         mean = resolve_decoding(tok, decoding) == "mean"
         out = self.prior.generate_codes(**condition, layout=layout, chunk_size=tok.chunk_size,
-                                        aggregation=tok.aggregation, num_samples=num_candidates, seed=seed,
+                                        aggregation=tok.aggregation, num_candidates=num_candidates, seed=seed,
                                         show_progress=show_progress, return_probs=mean,
                                         **{**DEFAULT_SAMPLING, **sampling})  # codes (k, N, T) [, probs (k, N, T, K)]
         if mean:

@@ -9,6 +9,7 @@ This module is part of the prior's Hub remote code.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -36,32 +37,37 @@ class ParamPriorGenerationMixin:
         layout=None,
         chunk_size: int | None = None,
         aggregation: str | None = None,
-        num_samples: int = 1,
+        num_candidates: int = 1,
         condition_types: torch.Tensor | None = None,
         condition_mask: torch.Tensor | None = None,
         seed: int | None = None,
         block_window: int | None = None,
         show_progress: bool = False,
         return_probs: bool = False,
+        num_samples: int | None = None,
         **sampling,
     ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
-        """Sample the codes of a whole network: LongTensor (b * num_samples, N, l), instruction-major.
+        """Sample the codes of a whole network: LongTensor (b * num_candidates, N, l), instruction-major.
 
         Args:
             condition_embeds: (b, n_cond, d) (None: unconditional).
             layout: the target `ParamLayout` (or a name in `config.layouts`); with `chunk_size` and `aggregation`
                 (defaults from the config) it fixes N chunks and the structure of every code.
-            num_samples: samples per instruction.
+            num_candidates: networks sampled per instruction (`num_samples`: its old name, deprecated).
             seed: seeds `torch.manual_seed` for this call only (global RNG state is restored).
             block_window: codes of the previous block kept as context when the network is longer than a block.
-            return_probs: also return the distribution each code was drawn from, (b * num_samples, N, l, K)
+            return_probs: also return the distribution each code was drawn from, (b * num_candidates, N, l, K)
                 float (after temperature/top-k/top-p), e.g. for `ParamTokenizer.decode_expected`.
             **sampling: `GenerationMixin.generate` options (do_sample, top_k, top_p, temperature, ...).
         """
         if "num_return_sequences" in sampling:
-            raise TypeError("Pass num_samples, not num_return_sequences, to generate_codes.")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+            raise TypeError("Pass num_candidates, not num_return_sequences, to generate_codes.")
+        if num_samples is not None:
+            warnings.warn("generate_codes(num_samples=...) is deprecated: use num_candidates.", FutureWarning,
+                          stacklevel=2)
+            num_candidates = num_samples
+        if not isinstance(num_candidates, int) or num_candidates < 1:
+            raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}.")
         layout = self.config.get_layout(layout) if isinstance(layout, str) else layout
         chunk_size = chunk_size or self.config.chunk_size
         if layout is None or chunk_size is None:
@@ -73,18 +79,18 @@ class ParamPriorGenerationMixin:
         b = 1 if condition_embeds is None else condition_embeds.shape[0]
         cond = {"condition_embeds": condition_embeds, "condition_types": condition_types,
                 "condition_mask": condition_mask}
-        cond = {k: v.to(device).repeat_interleave(num_samples, dim=0) for k, v in cond.items() if v is not None}
+        cond = {k: v.to(device).repeat_interleave(num_candidates, dim=0) for k, v in cond.items() if v is not None}
         rng = contextlib.nullcontext()
         if seed is not None:
             rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         with rng:
             if seed is not None:
                 torch.manual_seed(seed)
-            codes, probs = self._generate_blocks(cond, structure.to(device), b * num_samples, block_window,
+            codes, probs = self._generate_blocks(cond, structure.to(device), b * num_candidates, block_window,
                                                  show_progress, sampling, return_probs)
-        codes = codes.view(b * num_samples, -1, per_chunk)
+        codes = codes.view(b * num_candidates, -1, per_chunk)
         if return_probs:
-            return codes, probs.view(b * num_samples, -1, per_chunk, self.config.codebook_size)
+            return codes, probs.view(b * num_candidates, -1, per_chunk, self.config.codebook_size)
         return codes
 
     def _generate_blocks(self, cond: dict, structure: torch.Tensor, batch: int, window, show_progress, sampling,

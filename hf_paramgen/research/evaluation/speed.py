@@ -3,7 +3,6 @@ to matmul FLOP/s."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 
@@ -38,20 +37,15 @@ def compute_floor_ratio(tokens_per_second: float, prior_params: int, hidden_size
             "matmul_flops_per_second": peak, "flops_per_token": flops_per_token}
 
 
-def _count_kwarg(fn) -> str:
-    """`num_candidates` where `fn` takes it, else the older `num_samples`."""
-    return "num_candidates" if "num_candidates" in inspect.signature(fn).parameters else "num_samples"
-
-
 def batch_throughput(generator, task: Task, architecture: str, batch: int, seed: int = 0) -> dict:
     """Codes per second of one `generate_codes` call sampling `batch` networks for `task` (prior only, no decoding)."""
     layout = ParamLayout.from_module(build_model(architecture, num_classes=task.num_classes))
     cond = generator.encode(layout, task.task_text, few_shot_samples(task, per_class=5, split="train"))
     tok = generator.param_tokenizer.config
-    count = {_count_kwarg(generator.prior.generate_codes): batch}
     start = time.perf_counter()
     codes = generator.prior.generate_codes(**cond, layout=layout, chunk_size=tok.chunk_size,
-                                           aggregation=tok.aggregation, seed=seed, do_sample=True, top_k=0, **count)
+                                           aggregation=tok.aggregation, seed=seed, do_sample=True, top_k=0,
+                                           num_candidates=batch)
     seconds = time.perf_counter() - start
     return {"batch": batch, "tokens": int(codes.numel()), "seconds": seconds,
             "tokens_per_second": codes.numel() / seconds, "task": task.task_id, "architecture": architecture}
