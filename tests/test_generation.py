@@ -15,7 +15,7 @@ from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
 from hf_paramgen.models.configuration_param_tokenizer import ParamTokenizerConfig
 from hf_paramgen.models.modeling_param_prior import ParamPriorForCausalLM
 from hf_paramgen.models.modeling_param_tokenizer import ParamTokenizer
-from hf_paramgen.research.architectures import build_model
+from hf_paramgen.research.architectures import ZooNet, build_model
 from hf_paramgen.research.generate import generate_for_task
 from hf_paramgen.research.tasks import Task, few_shot_samples, load_task_split
 
@@ -134,8 +134,12 @@ def test_samples_whose_classes_do_not_match_the_output_size_are_rejected(generat
     with pytest.raises(GenerationError,
                        match="3 output units: samples need labels exactly 0..2, got labels \\[0, 1, 2, 3\\]"):
         generator.generate(build_model(ARCH, 3), task.instruction, samples=(X, y))
-    with pytest.raises(GenerationError, match="No sample encoder takes 10 features"):
+    with pytest.raises(GenerationError, match="samples have 10 features per input, but the target's first layer "
+                                              "'net.1.weight' takes 64"):
         generator.generate(build_model(ARCH, 4), task.instruction, samples=(torch.zeros(8, 10), y[:8]))
+    takes_10 = ZooNet(kind="mlp", input_shape=[10], hidden_sizes=[32], num_classes=4)
+    with pytest.raises(GenerationError, match="No sample encoder takes 10 features"):
+        generator.generate(takes_10, task.instruction, samples=(torch.zeros(8, 10), y[:8]))
 
 
 def test_empty_or_overlong_instruction_is_rejected(generator):

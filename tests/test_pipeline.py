@@ -83,22 +83,55 @@ def test_samples_add_one_condition_token_per_class(pipe):
     assert with_samples["condition_types"].tolist() == [[0, 1, 2, 3, 4]]  # text, architecture, 3 class prototypes
     out = pipe({"target": tiny_net(), "task_text": "classify", "samples": (X, y)}, seed=0)
     assert isinstance(out["model"], ZooNet)
-    with pytest.raises(GenerationError, match="No sample encoder takes 5 features"):
+    with pytest.raises(GenerationError, match="samples have 5 features per input, but the target's first layer "
+                                              "'net.1.weight' takes 4"):
         pipe({"target": tiny_net(), "task_text": "classify", "samples": (torch.randn(9, 5), y)})
+    wider = ZooNet(kind="mlp", input_shape=[5], hidden_sizes=[3], num_classes=3)  # takes 5: no encoder does
+    with pytest.warns(UserWarning, match="out of distribution"), \
+            pytest.raises(GenerationError, match="No sample encoder takes 5 features"):
+        pipe({"target": wider, "task_text": "classify", "samples": (torch.randn(9, 5), y)})
+
+
+def test_layouts_the_generator_never_saw_are_flagged_or_refused(pipe):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seen = pipe({"target": tiny_net(), "task_text": "classify"}, seed=0)
+    assert seen["out_of_distribution"] is False and seen["ood_reasons"] == []
+    assert not [w for w in caught if "out of distribution" in str(w.message)]
+    wider = ZooNet(kind="mlp", input_shape=[4], hidden_sizes=[5], num_classes=3)  # a width it was not trained on
+    with pytest.warns(UserWarning, match="out of distribution.*tiny"):
+        out = pipe({"target": wider, "task_text": "classify"}, seed=0)
+    assert out["out_of_distribution"] is True and "match none of the 1 layouts" in out["ood_reasons"][0]
+    assert isinstance(out["model"], ZooNet)  # generated anyway, and flagged
+    with pytest.raises(GenerationError, match="Out of distribution: its 4 tensors .* \\(tiny\\)"):
+        pipe({"target": wider, "task_text": "classify"}, on_unseen_layout="error")
+    unseen_kinds = "tensor kinds \\['conv.bias', 'conv.weight'\\] .* knows kinds \\['linear.bias'"
+    with pytest.raises(GenerationError, match=unseen_kinds):
+        pipe({"target": nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten()), "task_text": "classify"})
+    with pytest.raises(ValueError, match="on_unseen_layout must be one of"):
+        pipe({"target": tiny_net(), "task_text": "classify"}, on_unseen_layout="ignore")
+    gen = pipe.generator
+    with pytest.warns(UserWarning, match="out of distribution"):
+        result = gen.generate(wider, "classify", num_candidates=1, seed=0)
+    assert result.out_of_distribution and not gen.generate(tiny_net(), "classify", seed=0).out_of_distribution
 
 
 def test_labelled_texts_condition_a_lora_head_adapter(tmp_path):
     from peft import LoraConfig, PeftModel
 
-    folder = make_generator(tmp_path / "gen")
+    from hf_paramgen.adapters import lora_layout
+
+    base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    target = (base, LoraConfig(r=3, target_modules=["2"]))
+    folder = make_generator(tmp_path / "gen", layouts={"lora": lora_layout(*target).to_json()})
     SampleEncoder.for_texts(8).save_pretrained(folder / "sample_encoders" / "text")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "sample_encoders": ["blobs", "text"]}))
     pipe = pipeline("parameter-generation", model=str(folder))
-    base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     texts = ["open a socket", "parse a url", "sum a list", "take a mean", "zip a file", "hash bytes"]
     y = [0, 0, 1, 1, 2, 2]
-    target = (base, LoraConfig(r=3, target_modules=["2"]))
     out = pipe({"target": target, "task_text": "sort docstrings by topic", "samples": (texts, y)}, output="peft",
                seed=0)
     assert isinstance(out["model"], PeftModel)
@@ -176,7 +209,11 @@ def test_transformers_config_target_gives_that_model_and_too_big_targets_are_ref
     config = GPT2Config(n_embd=4, n_layer=1, n_head=1, vocab_size=8, n_positions=4)
     with pytest.raises(GenerationError, match="max_tensors=8"):
         pipe({"target": config, "task_text": "x"})
-    big = pipeline("parameter-generation", model=str(make_generator(tmp_path / "g", max_tensors=32)))
+    with pytest.raises(GenerationError, match="tensor kinds .* that no layout of this generator has"):
+        pipeline("parameter-generation", model=str(make_generator(tmp_path / "tiny", max_tensors=32)))(
+            {"target": config, "task_text": "tiny language model"})
+    layouts = {"gpt2": ParamLayout.from_config(config).to_json()}
+    big = pipeline("parameter-generation", model=str(make_generator(tmp_path / "g", layouts, max_tensors=32)))
     out = big({"target": config, "task_text": "tiny language model"}, seed=0)
     assert isinstance(out["model"], GPT2Model)
     for name, tensor in out["state_dict"].items():
@@ -192,11 +229,16 @@ def test_loaded_prior_as_model_works(generator_dir):
     assert isinstance(pipe({"target": tiny_net(), "task_text": "x"})["model"], ZooNet)
 
 
-def test_lora_target_returns_peft_model_that_reloads_exactly(pipe, tmp_path):
+def test_lora_target_returns_peft_model_that_reloads_exactly(tmp_path):
     from peft import LoraConfig, PeftModel
 
+    from hf_paramgen.adapters import lora_layout
+
     base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-    out = pipe({"target": (base, LoraConfig(r=2, target_modules=["0", "2"])), "task_text": "adapt"}, output="peft")
+    target = (base, LoraConfig(r=2, target_modules=["0", "2"]))
+    folder = make_generator(tmp_path / "gen", layouts={"lora": lora_layout(*target).to_json()})
+    pipe = pipeline("parameter-generation", model=str(folder))
+    out = pipe({"target": target, "task_text": "adapt"}, output="peft")
     assert isinstance(out["model"], PeftModel)
     out["model"].save_pretrained(tmp_path / "adapter")
     fresh = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))

@@ -5,13 +5,15 @@ building the generated weights into a model."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
-from ..layout.param_layout import LayoutError, ParamLayout
+from ..layout.chunking import chunk_positions
+from ..layout.param_layout import KINDS, LayoutError, ParamLayout
 
 
 class GenerationError(ValueError):
@@ -105,3 +107,99 @@ def resolve_target(target: Any, known_layouts: dict | None = None) -> tuple[Para
         return ParamLayout.from_config(target), target
     raise TypeError("target must be an nn.Module template, a transformers config, a ParamLayout or "
                     f"(base_model, LoraConfig); got {type(target).__name__}.")
+
+
+# ------------------------------------------------------------------------------ what the generator can serve
+ON_UNSEEN_LAYOUT = ("warn", "error")  # a target whose tensor shapes match no trained layout: flag it, or refuse
+
+
+def check_layout(layout: ParamLayout, prior_config, tokenizer_config) -> None:
+    """Raise `GenerationError` (`LayoutError`) when the prior (the ParamTokenizer) cannot express `layout`."""
+    cfg, tok = prior_config, tokenizer_config
+    if len(layout) == 0:
+        raise GenerationError("The target layout has no tensors.")
+    kinds = {s.kind for s in layout.specs}
+    bad = sorted(k for k in kinds if KINDS.index(k) >= cfg.num_kinds)
+    if bad:
+        raise GenerationError(f"Tensor kinds {bad} are beyond the prior's kind table ({cfg.num_kinds} kinds).")
+    if len(layout) > cfg.max_tensors:
+        raise GenerationError(f"The target has {len(layout)} tensors; the prior's table holds "
+                              f"max_tensors={cfg.max_tensors}.")
+    position, _ = chunk_positions(layout, tok.chunk_size, tok.aggregation)  # (N, 3)
+    most = int(position[:, 1].max()) + 1
+    if most > cfg.max_chunks_per_tensor:
+        raise GenerationError(f"A tensor of the target spans {most} chunks; the prior's table holds "
+                              f"max_chunks_per_tensor={cfg.max_chunks_per_tensor}.")
+    for key in ("chunk_size", "aggregation"):
+        want = getattr(tok, key)
+        got = layout.metadata.get(key, want)
+        if got != want:
+            raise LayoutError(f"The target layout was chunked with {key}={got!r}; this generator uses {want!r}.")
+    floats = ("float", "bfloat", "torch.float", "torch.bfloat")
+    bad = [s.name for s in layout.specs if not str(s.dtype).startswith(floats)]
+    if bad:
+        raise LayoutError(f"The generator only expresses floating-point tensors; the target has {bad[:5]}.")
+
+
+def known_layouts(prior_config) -> dict[str, ParamLayout]:
+    """The layouts the prior was trained on (`config.layouts`: name -> layout)."""
+    def load(value) -> ParamLayout:
+        if isinstance(value, ParamLayout):
+            return value
+        return ParamLayout.from_json(value) if isinstance(value, str) else ParamLayout.from_dict(value)
+
+    return {name: load(value) for name, value in (prior_config.layouts or {}).items()}
+
+
+def check_in_distribution(layout: ParamLayout, known: dict[str, ParamLayout],
+                          on_unseen_layout: str = "warn") -> list[str]:
+    """Compare `layout` with the trained layouts (tensor kinds and shapes, in order; names may differ).
+
+    Returns the reasons it is out of distribution ([] when it matches a trained layout, or when the generator
+    records none). A tensor kind no trained layout has is always refused; other differences (widths, depth,
+    head size) are refused when `on_unseen_layout="error"`, else warned about (`UserWarning`) and returned.
+    """
+    if on_unseen_layout not in ON_UNSEEN_LAYOUT:
+        raise ValueError(f"on_unseen_layout must be one of {ON_UNSEEN_LAYOUT}, got {on_unseen_layout!r}.")
+    if not known:
+        return []
+    signature = _signature(layout)
+    if any(_signature(k) == signature for k in known.values()):
+        return []
+    names = sorted(known)
+    known_kinds = sorted({s.kind for k in known.values() for s in k.specs if not s.is_buffer})
+    unseen = sorted({kind for kind, _ in signature} - set(known_kinds))
+    if unseen:
+        raise GenerationError(f"The target has tensor kinds {unseen} that no layout of this generator has (it "
+                              f"knows kinds {known_kinds}, layouts {names}); it cannot generate them.")
+    shapes = [list(shape) for _, shape in signature]
+    shown = f"{shapes[:6]}{' ...' if len(shapes) > 6 else ''}"
+    reasons = [f"its {len(shapes)} tensors {shown} match none of the {len(names)} layouts the generator was trained "
+               f"on ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''})"]
+    if on_unseen_layout == "error":
+        raise GenerationError(f"Out of distribution: {reasons[0]}. Pass on_unseen_layout='warn' to generate "
+                              "anyway (flagged out_of_distribution), or target a trained layout.")
+    warnings.warn(f"Generating for a layout out of distribution: {reasons[0]}; the network is flagged "
+                  "out_of_distribution and may be poor: check it on validation data.", UserWarning, stacklevel=4)
+    return reasons
+
+
+def _signature(layout: ParamLayout) -> list[tuple[str, tuple[int, ...]]]:
+    """(kind, shape) of each generated tensor, in order: what a layout is, whatever its tensor names."""
+    return [(s.kind, tuple(s.shape)) for s in layout.specs if not s.is_buffer]
+
+
+def check_input_size(layout: ParamLayout, pair, name: str) -> None:
+    """Numeric inputs of `pair` must have as many features as a linear first layer of the target takes."""
+    if pair is None or layout.metadata.get("peft_type") or not isinstance(pair, (tuple, list)) or not len(pair):
+        return
+    X = pair[0]
+    if is_texts(X) or not hasattr(X, "__len__") or not len(X):
+        return
+    first = next((s for s in layout.specs if not s.is_buffer), None)
+    if first is None or first.kind != "linear.weight" or len(first.shape) != 2:
+        return
+    features = int(torch.as_tensor(X[0]).numel())
+    if features != first.shape[1]:
+        raise GenerationError(f"{name} have {features} features per input, but the target's first layer "
+                              f"{first.name!r} takes {first.shape[1]}: give inputs of the target's input size.")

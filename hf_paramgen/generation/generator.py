@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,12 +24,21 @@ from torch import nn
 from ..conditioning.instruction import Instruction, InstructionEncoders, encode_instruction
 from ..conditioning.samples import TEXT_SAMPLES, SampleEncoder
 from ..conditioning.text import make_text_encoder
-from ..layout.chunking import chunk_positions
-from ..layout.param_layout import KINDS, LayoutError, ParamLayout
+from ..layout.param_layout import ParamLayout
 from ..models.modeling_param_prior import ParamPriorForCausalLM
 from ..models.modeling_param_tokenizer import ParamTokenizer
 from ..utils import accuracy, replace_dir, temporary_sibling
-from .generation_targets import GenerationError, build_model, check_pair, is_texts, resolve_target
+from .generation_targets import (
+    GenerationError,
+    build_model,
+    check_in_distribution,
+    check_input_size,
+    check_layout,
+    check_pair,
+    is_texts,
+    known_layouts,
+    resolve_target,
+)
 from .generator_loading import (
     SAMPLE_ENCODERS_SUBFOLDER,
     TOKENIZER_SUBFOLDER,
@@ -80,13 +89,17 @@ def resolve_num_candidates(num_candidates: int | None, num_samples: int | None, 
 class GenerationResult:
     """`state_dicts` (k), `codes` LongTensor (k, N, T), validation `scores` (None without validation),
     `best_index` (argmax of the scores, 0 without validation), `model`: the target built with the best
-    candidate (a PeftModel for a LoRA target; None for a bare `ParamLayout` or when not asked for)."""
+    candidate (a PeftModel for a LoRA target; None for a bare `ParamLayout` or when not asked for).
+    `out_of_distribution`: the target's layout matches none the generator was trained on (`ood_reasons` says
+    how); such networks are generated with a warning and should be validated before use."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     codes: torch.LongTensor
     scores: list[float | None]
     best_index: int
     model: nn.Module | None = None
+    out_of_distribution: bool = False
+    ood_reasons: list[str] = field(default_factory=list)
 
     @property
     def best_state_dict(self) -> dict[str, torch.Tensor]:
@@ -220,30 +233,15 @@ class ParamGenerator:
     # -------------------------------------------------------------- checks
     def check_layout(self, layout: ParamLayout) -> None:
         """Raise `GenerationError` (`LayoutError`) when the prior (the ParamTokenizer) cannot express `layout`."""
-        cfg, tok = self.prior.config, self.param_tokenizer.config
-        if len(layout) == 0:
-            raise GenerationError("The target layout has no tensors.")
-        kinds = {s.kind for s in layout.specs}
-        bad = sorted(k for k in kinds if KINDS.index(k) >= cfg.num_kinds)
-        if bad:
-            raise GenerationError(f"Tensor kinds {bad} are beyond the prior's kind table ({cfg.num_kinds} kinds).")
-        if len(layout) > cfg.max_tensors:
-            raise GenerationError(f"The target has {len(layout)} tensors; the prior's table holds "
-                                  f"max_tensors={cfg.max_tensors}.")
-        position, _ = chunk_positions(layout, tok.chunk_size, tok.aggregation)  # (N, 3)
-        most = int(position[:, 1].max()) + 1
-        if most > cfg.max_chunks_per_tensor:
-            raise GenerationError(f"A tensor of the target spans {most} chunks; the prior's table holds "
-                                  f"max_chunks_per_tensor={cfg.max_chunks_per_tensor}.")
-        for key in ("chunk_size", "aggregation"):
-            want = getattr(tok, key)
-            got = layout.metadata.get(key, want)
-            if got != want:
-                raise LayoutError(f"The target layout was chunked with {key}={got!r}; this generator uses {want!r}.")
-        floats = ("float", "bfloat", "torch.float", "torch.bfloat")
-        bad = [s.name for s in layout.specs if not str(s.dtype).startswith(floats)]
-        if bad:
-            raise LayoutError(f"The generator only expresses floating-point tensors; the target has {bad[:5]}.")
+        check_layout(layout, self.prior.config, self.param_tokenizer.config)
+
+    def known_layouts(self) -> dict[str, ParamLayout]:
+        """The layouts the prior was trained on (`config.layouts`: name -> layout)."""
+        return known_layouts(self.prior.config)
+
+    def check_in_distribution(self, layout: ParamLayout, on_unseen_layout: str = "warn") -> list[str]:
+        """Why `layout` is out of distribution ([] when it matches a trained layout); see `check_in_distribution`."""
+        return check_in_distribution(layout, self.known_layouts(), on_unseen_layout)
 
     def resolve_target(self, target: Any) -> tuple[ParamLayout, Any]:
         """`target` -> (layout, template) (`resolve_target`; a LoRA base is checked against the prior's layouts)."""
@@ -300,20 +298,25 @@ class ParamGenerator:
         return out.as_model_kwargs()
 
     # -------------------------------------------------------------- generation, in three steps
-    def prepare(self, target, task_text: str, samples=None, validation=None) -> dict[str, Any]:
-        """Check an instruction and encode it: `{"condition", "layout", "template", "validation"}`."""
+    def prepare(self, target, task_text: str, samples=None, validation=None,
+                on_unseen_layout: str = "warn") -> dict[str, Any]:
+        """Check an instruction and encode it: `{"condition", "layout", "template", "validation", "ood_reasons"}`."""
         layout, template = self.resolve_target(target)
         if validation is not None and template is None:
             raise GenerationError("validation scoring needs a target that builds a model (an nn.Module template, a "
                                   "config or a LoRA target), got a bare ParamLayout.")
         self.check_layout(layout)
+        ood_reasons = self.check_in_distribution(layout, on_unseen_layout)
+        for name, pair in (("samples", samples), ("validation", validation)):
+            check_input_size(layout, pair, name)
         if validation is not None:
             validation = check_pair(validation, layout, "validation")
             if is_texts(validation[0]):
                 raise GenerationError("validation scoring calls the built model on validation[0], so it needs "
                                       "tensors, got texts; tokenize them yourself, or score the state_dicts yourself.")
         condition = self.encode(layout, task_text, samples)
-        return {"condition": condition, "layout": layout, "template": template, "validation": validation}
+        return {"condition": condition, "layout": layout, "template": template, "validation": validation,
+                "ood_reasons": ood_reasons}
 
     @torch.no_grad()
     def sample(self, condition: dict[str, torch.Tensor], layout: ParamLayout, num_candidates: int = 1,
@@ -344,11 +347,13 @@ class ParamGenerator:
             scores = [accuracy(build_model(template, sd, layout), *validation) for sd in state_dicts]
             best = max(range(len(scores)), key=scores.__getitem__)
         model = build_model(template, state_dicts[best], layout) if build and template is not None else None
-        return GenerationResult(state_dicts, codes, scores, best, model)
+        reasons = list(prepared.get("ood_reasons") or [])
+        return GenerationResult(state_dicts, codes, scores, best, model, bool(reasons), reasons)
 
     def generate(self, target, task_text: str, samples=None, num_candidates: int | None = None,
                  seed: int | None = None, validation=None, decoding: str | None = None, *,
-                 num_samples: int | None = None, show_progress: bool = False, **sampling) -> GenerationResult:
+                 num_samples: int | None = None, show_progress: bool = False, on_unseen_layout: str = "warn",
+                 **sampling) -> GenerationResult:
         """Generate `num_candidates` parameter sets for `target` and keep the best on `validation`.
 
         Args:
@@ -364,11 +369,14 @@ class ParamGenerator:
                 still follow one sampled path, the weights are its posterior mean (less sampling noise).
                 None (default): "mean" where the ParamTokenizer allows it, else "sample".
             num_samples: deprecated name of `num_candidates` (FutureWarning).
+            on_unseen_layout: a target whose tensor shapes match no layout the generator was trained on is
+                generated with a `UserWarning` and flagged `out_of_distribution` ("warn", default) or refused
+                ("error"). Tensor kinds it never saw are always refused.
             **sampling: `generate` options (default `do_sample=True, temperature=1.0, top_k=0`).
         """
         num_candidates = resolve_num_candidates(num_candidates, num_samples)
         decoding = resolve_decoding(self.param_tokenizer.config, decoding)
-        prepared = self.prepare(target, task_text, samples, validation)
+        prepared = self.prepare(target, task_text, samples, validation, on_unseen_layout)
         codes, state_dicts = self.sample(prepared["condition"], prepared["layout"], num_candidates, seed, decoding,
                                          show_progress, **sampling)
         return self.select(prepared, codes, state_dicts)

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, Pipeline
 
 from ..conditioning.samples import SampleEncoder
 from ..models.modeling_param_tokenizer import ParamTokenizer
+from .generation_targets import ON_UNSEEN_LAYOUT
 from .generator import ParamGenerator, resolve_decoding, resolve_num_candidates
 
 TASK = "parameter-generation"
@@ -52,7 +53,9 @@ class ParameterGenerationPipeline(Pipeline):
     Inputs: a dict with "target" (an `nn.Module`, a transformers config, a `ParamLayout` or
     `(base_model, LoraConfig)`), "task_text", optionally "samples" `(X, y)` and "validation" `(X, y)`.
     Call options: `num_candidates`, `seed`, `output` ("model", "peft", "state_dict"), `show_progress`,
-    `decoding` and the sampling options `do_sample`, `temperature`, `top_k`, `top_p`.
+    `decoding`, `on_unseen_layout` ("warn": a layout the generator was not trained on is generated with a
+    warning and `out["out_of_distribution"]` set; "error": refused) and the sampling options `do_sample`,
+    `temperature`, `top_k`, `top_p`.
 
     Args:
         model: a `ParamPriorForCausalLM`.
@@ -92,11 +95,11 @@ class ParameterGenerationPipeline(Pipeline):
         self.param_tokenizer = self.generator.param_tokenizer.to(self.device)
 
     def _sanitize_parameters(self, num_candidates=None, seed=None, output=None, show_progress=None, decoding=None,
-                             num_samples=None, **sampling):
+                             num_samples=None, on_unseen_layout=None, **sampling):
         unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
         if unknown:
             raise TypeError(f"Unknown parameter-generation options {unknown}; expected num_candidates, seed, output, "
-                            f"show_progress, decoding or sampling options {list(SAMPLING_KEYS)}.")
+                            f"show_progress, decoding, on_unseen_layout or sampling options {list(SAMPLING_KEYS)}.")
         forward = {k: v for k, v in sampling.items() if v is not None}
         if decoding is not None:
             forward["decoding"] = resolve_decoding(self.param_tokenizer.config, decoding)
@@ -112,9 +115,14 @@ class ParameterGenerationPipeline(Pipeline):
             if output not in OUTPUTS:
                 raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
             post["output"] = output
-        return {}, forward, post
+        pre = {}
+        if on_unseen_layout is not None:
+            if on_unseen_layout not in ON_UNSEEN_LAYOUT:
+                raise ValueError(f"on_unseen_layout must be one of {ON_UNSEEN_LAYOUT}, got {on_unseen_layout!r}.")
+            pre["on_unseen_layout"] = on_unseen_layout
+        return pre, forward, post
 
-    def preprocess(self, inputs: dict) -> dict:
+    def preprocess(self, inputs: dict, on_unseen_layout: str = "warn") -> dict:
         if not isinstance(inputs, dict) or "target" not in inputs:
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
             raise TypeError(f"parameter-generation expects a dict with 'target' (and 'task_text', 'samples', "
@@ -126,7 +134,8 @@ class ParameterGenerationPipeline(Pipeline):
             if task_text is not None:
                 raise TypeError("Pass the task description once, as 'task_text' (not also as 'task').")
             task_text = inputs["task"]
-        return self.generator.prepare(inputs["target"], task_text, inputs.get("samples"), inputs.get("validation"))
+        return self.generator.prepare(inputs["target"], task_text, inputs.get("samples"), inputs.get("validation"),
+                                      on_unseen_layout)
 
     def _forward(self, model_inputs: dict, num_candidates: int = 1, seed: int | None = None,
                  show_progress: bool = False, decoding: str | None = None, **sampling) -> dict:
@@ -140,7 +149,8 @@ class ParameterGenerationPipeline(Pipeline):
         result = self.generator.select(model_outputs, model_outputs["codes"], model_outputs["state_dicts"],
                                        build=output != "state_dict")
         return {"state_dict": result.best_state_dict, "model": result.model, "codes": result.codes,
-                "scores": result.scores, "best_index": result.best_index, "state_dicts": result.state_dicts}
+                "scores": result.scores, "best_index": result.best_index, "state_dicts": result.state_dicts,
+                "out_of_distribution": result.out_of_distribution, "ood_reasons": result.ood_reasons}
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """A complete pipeline repo: `ParamGenerator.save_pretrained` of this pipeline's generator (`kwargs` of
