@@ -9,7 +9,7 @@ repo is a complete pipeline repo (`custom_pipelines`, `auto_map`, the flat remot
 `pipeline(model=repo, trust_remote_code=True)` works without hf_paramgen); the second pins the
 ParamTokenizer in the prior's config (this repo, subfolder `param_tokenizer`, the first commit's sha;
 the config also holds the sha256 of its weights, so a downloaded snapshot resolves the pin offline) and
-adds the card rendered from `model_cards/param_generator.md`. Prints the final commit sha.
+adds the card rendered from `hf_paramgen/hub/model_cards/param_generator.md`. Prints the final commit sha.
 """
 
 from __future__ import annotations

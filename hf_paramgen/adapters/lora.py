@@ -201,7 +201,7 @@ def _head_tensor_names(base_model: nn.Module, layout: ParamLayout) -> list[str]:
     and that layer's `lora_A` too when its rank equals the output count.
 
     Row i of that `lora_B` only changes output i, so a generator can tie it to class i of the task
-    (`hf_paramgen.models.modeling_param_prior.class_slots`). A rank-equals-outputs head adapter trained from
+    (`hf_paramgen.models.code_structure.class_slots`). A rank-equals-outputs head adapter trained from
     `class_aligned_init` (lora_A = 0, lora_B = I) learns class i in rank i: row i of its
     `lora_A` is class i as well.
     """
