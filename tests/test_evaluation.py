@@ -202,3 +202,41 @@ def test_a_real_untrained_param_generator_runs_through_the_evaluation_and_is_tim
 
     tp = batch_throughput(generator, Task.make("digits", [0, 1, 2]), "mlp-64-32", batch=3)
     assert tp["batch"] == 3 and tp["tokens"] == 3 * gen_fn.tokens_per_sample and tp["tokens_per_second"] > 0
+
+
+def test_lookup_baselines_permute_and_compose_head_rows_exactly(tiny_zoo):
+    from hf_paramgen.research.evaluation.baselines import (
+        BaselineCache,
+        class_row_composition_candidates,
+        head_names,
+        permuted_retrieval_candidates,
+    )
+
+    zoo = ZooIndex(tiny_zoo)
+    cache = BaselineCache(zoo, hashing_condition, seed=0)
+    arch = "mlp-784-16"
+    heads = head_names(arch, 4)
+    assert len(heads) == 2 and heads[0].endswith("weight") and heads[1].endswith("bias")
+    entries = zoo.checkpoints(arch, "train", num_classes=4)
+    source = zoo.tasks[entries[0]["task_id"]]
+    reordered = Task.make(source.dataset, list(reversed(source.classes)), source.transform)  # a new order, seen set
+    candidates = permuted_retrieval_candidates(cache, arch, reordered, k=2)
+    assert 1 <= len(candidates) <= 2
+    new = candidates[0]
+    same_set = [e for e in entries if sorted(zoo.tasks[e["task_id"]].classes) == sorted(source.classes)]
+    sd, donor = zoo.state_dict(same_set[0]), zoo.tasks[same_set[0]["task_id"]].classes
+    for i, c in enumerate(reordered.classes):  # output i of the new order is the donor's row of class c
+        torch.testing.assert_close(new[heads[0]][i], sd[heads[0]][donor.index(c)])
+        torch.testing.assert_close(new[heads[1]][i], sd[heads[1]][donor.index(c)])
+    assert all(torch.equal(new[k], sd[k]) for k in sd if k not in heads)  # the body is the checkpoint's own
+    # a permuted training checkpoint scores its own task's accuracy on the reordered task (no learning at all)
+    assert evaluate_accuracy(make_model(arch, 4, new), reordered, "test") == pytest.approx(
+        evaluate_accuracy(make_model(arch, 4, sd), zoo.tasks[same_set[0]["task_id"]], "test"))
+    composed = class_row_composition_candidates(cache, arch, reordered, k=2)
+    assert composed and all(set(c) == set(sd) for c in composed)
+    seen_classes = {c for e in entries for c in zoo.tasks[e["task_id"]].classes}
+    missing = [c for c in range(10) if c not in seen_classes]
+    if missing:  # a class no training checkpoint has: no lookup exists
+        unseen = Task.make(source.dataset, [missing[0], *source.classes[:3]], source.transform)
+        assert class_row_composition_candidates(cache, arch, unseen, k=2) == []
+        assert permuted_retrieval_candidates(cache, arch, unseen, k=2) == []

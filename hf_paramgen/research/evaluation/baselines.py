@@ -129,3 +129,58 @@ class BaselineCache:
 def ridge_state_dict(model, layout: ParamLayout, condition: np.ndarray) -> StateDict:
     """The weights a fitted ridge map predicts for one condition vector."""
     return layout.unflatten(torch.as_tensor(model.predict(condition[None])[0], dtype=torch.float32))
+
+
+# ---------------------------------------------------------------------------- lookups that exploit the split
+def head_names(arch: str, num_classes: int) -> list[str]:
+    """Names of the classifier head's tensors (row i = output unit i) of `arch` (`ParamLayout.head_tensors`)."""
+    layout = ParamLayout.from_module(build_model(arch, num_classes))
+    return [layout.specs[i].name for i in layout.head_tensors]
+
+
+def permute_head(state_dict: StateDict, heads: list[str], source_classes: tuple[int, ...],
+                 target_classes: tuple[int, ...]) -> StateDict:
+    """A checkpoint of `source_classes` with its head rows reordered to `target_classes` (the same class set)."""
+    order = torch.tensor([source_classes.index(c) for c in target_classes])
+    return {k: v[order] if k in heads else v for k, v in state_dict.items()}
+
+
+def compose_head(body: StateDict, heads: list[str], rows: list[tuple[StateDict, int]]) -> StateDict:
+    """`body` with head row i taken from row `rows[i][1]` of the checkpoint `rows[i][0]`."""
+    out = dict(body)
+    for name in heads:
+        out[name] = torch.stack([sd[name][j] for sd, j in rows])
+    return out
+
+
+def permuted_retrieval_candidates(cache: BaselineCache, arch: str, task: Task, k: int) -> list[StateDict]:
+    """Up to k training checkpoints of another task with the **same class set** (same dataset and transform), head
+    rows permuted into `task`'s order: what a lookup scores on a held-out new order of seen classes."""
+    heads = head_names(arch, task.num_classes)
+    same = [e for e in cache.train_entries(arch, task) if e["task_id"] != task.task_id
+            and sorted(cache.zoo.tasks[e["task_id"]].classes) == sorted(task.classes)
+            and cache.zoo.tasks[e["task_id"]].transform == task.transform]
+    return [permute_head(cache.zoo.state_dict(e), heads, cache.zoo.tasks[e["task_id"]].classes, task.classes)
+            for e in same[:k]]
+
+
+def class_row_composition_candidates(cache: BaselineCache, arch: str, task: Task, k: int) -> list[StateDict]:
+    """Up to k nets: the body of a training checkpoint with the most of `task`'s classes (one candidate per body),
+    and for each output unit the head row of its class from that body's checkpoint when it has the class, else
+    from the first training checkpoint that has it. None of a class in training -> no candidate."""
+    heads = head_names(arch, task.num_classes)
+    entries = [e for e in cache.train_entries(arch, task) if e["task_id"] != task.task_id
+               and cache.zoo.tasks[e["task_id"]].transform == task.transform]
+    classes_of = {e["id"]: cache.zoo.tasks[e["task_id"]].classes for e in entries}
+    donor = {c: next((e for e in entries if c in classes_of[e["id"]]), None) for c in task.classes}
+    if any(d is None for d in donor.values()):
+        return []
+    bodies = sorted(entries, key=lambda e: -len(set(classes_of[e["id"]]) & set(task.classes)))[:k]
+    out = []
+    for body in bodies:
+        rows = []
+        for c in task.classes:
+            source = body if c in classes_of[body["id"]] else donor[c]
+            rows.append((cache.zoo.state_dict(source), classes_of[source["id"]].index(c)))
+        out.append(compose_head(cache.zoo.state_dict(body), heads, rows))
+    return out

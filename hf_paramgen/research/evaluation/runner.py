@@ -13,7 +13,13 @@ from tqdm.auto import tqdm
 from ..architectures import build_model
 from ..tasks import Task
 from ..zoo import evaluate_accuracy, finetune
-from .baselines import BaselineCache, ridge_state_dict, steps_ratio
+from .baselines import (
+    BaselineCache,
+    class_row_composition_candidates,
+    permuted_retrieval_candidates,
+    ridge_state_dict,
+    steps_ratio,
+)
 from .novelty import error_agreement
 from .zoo_index import (
     ARCH_COLUMNS,
@@ -114,6 +120,20 @@ class _Row:
         row["retrieval_finetuned"], self.curves["retrieval"] = self.finetune(models[best])
         row["retrieval_steps_ratio"] = steps_ratio(self.curves["retrieval"], self.curves["random_init"], self.target)
 
+    def lookups(self) -> None:
+        """`permuted_retrieval` and `class_row_composition`: lookups with no learning that exploit a split of
+        new orders of seen classes; best of the same k as the generator, on validation."""
+        for name, candidates_fn, missing in (
+                ("permuted_retrieval", permuted_retrieval_candidates, "no training task with the same class set"),
+                ("class_row_composition", class_row_composition_candidates, "a class no training task has")):
+            candidates = candidates_fn(self.cache, self.arch, self.task, self.opts["k"])
+            if not candidates:
+                self.values[name], self.notes[name] = None, f"{missing} ({self.arch}, {self.task.task_id})"
+                continue
+            models = [self.model(sd, name) for sd in candidates]
+            best, _ = select_best(models, self.task)
+            self.values[name] = self.test(models[best])
+
     def linear_hypernetwork(self) -> None:
         ridge = self.cache.ridge(self.arch, self.task)
         if ridge is None:
@@ -170,6 +190,7 @@ def evaluate_row(cache: BaselineCache, generate_fn: GenerateFn | None, task: Tas
     row.trained_and_random()
     row.zoo_average()
     row.retrieval()
+    row.lookups()
     row.linear_hypernetwork()
     row.generated(generate_fn)
     return row.finish()
