@@ -13,6 +13,10 @@ test accuracy of:
 * `retrieval`            checkpoints of the training task whose condition vector is nearest (cosine), best on
                          the target's validation split;
 * `retrieval_noise`      retrieval + N(0, (0.1 * per-tensor std)^2) noise;
+* `permuted_retrieval`   training checkpoints with the task's class set (another order), head rows permuted into
+                         the task's order: a lookup that solves held-out new orders of seen classes;
+* `class_row_composition` the body of the training checkpoint with most of the task's classes, each head row
+                         from a checkpoint that has that class (none when a class is unseen);
 * `linear_hypernetwork`  ridge map condition -> flat weights, fit on train-split checkpoints with init
                          "shared-0" (one symmetry basin), alpha picked by validation-task accuracy;
 * `shuffled_instruction` the generator given another task's instruction, evaluated on the real task;
@@ -22,7 +26,7 @@ over steps from a random init, capped) and `novelty_ratio` (aligned distance to 
 over the median nearest checkpoint-to-checkpoint distance). Null values come with a reason in `notes`.
 
 Modules: `zoo_index` (constants, `ZooIndex`, conditions, selection), `novelty` (alignment, novelty), `baselines`
-(retrieval, zoo average, ridge map, fine-tuning speed), `speed` (timing, throughput, compute floor), `runner`
+(retrieval, zoo average, ridge map, lookups, fine-tuning speed), `speed` (timing, throughput, compute floor), `runner`
 (`evaluate_generator`), `report` (tables, plot) and `cli` (`hf-paramgen evaluate`).
 """
 

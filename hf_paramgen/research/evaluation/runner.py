@@ -257,6 +257,9 @@ def _settings(opts: dict, architectures: list[str], heldout: list[str], num_task
             "retrieval": "leave-one-out nearest training task (cosine of condition vectors), its "
                          "checkpoint best on the target's validation split",
             "selection": "best of k on the validation split, never test",
+            "lookups": "permuted_retrieval: training checkpoints of the same class set, head rows permuted; "
+                       "class_row_composition: the body of the checkpoint with the most of the task's classes, each "
+                       "head row from a checkpoint that has the class; both best of k on validation, no learning",
             "ridge": "sklearn Ridge, fit on train-split shared-0 checkpoints; alpha in "
                      f"{list(RIDGE_ALPHAS)} by mean validation accuracy on <= 4 validation tasks",
             "novelty": "L2 after Hungarian alignment of hidden units / conv channels "
