@@ -240,3 +240,23 @@ def test_lookup_baselines_permute_and_compose_head_rows_exactly(tiny_zoo):
         unseen = Task.make(source.dataset, [missing[0], *source.classes[:3]], source.transform)
         assert class_row_composition_candidates(cache, arch, unseen, k=2) == []
         assert permuted_retrieval_candidates(cache, arch, unseen, k=2) == []
+
+
+def test_prototype_head_is_the_nearest_class_mean_of_the_few_shot_samples(tiny_zoo):
+    from hf_paramgen.research.evaluation.baselines import BaselineCache, head_names, prototype_head_candidates
+
+    zoo = ZooIndex(tiny_zoo)
+    cache = BaselineCache(zoo, hashing_condition, seed=0)
+    arch = "mlp-784-16"
+    task = zoo.tasks[zoo.checkpoints(arch, "heldout_task", num_classes=4)[0]["task_id"]]
+    candidates = prototype_head_candidates(cache, arch, task, k=2)
+    assert len(candidates) == 2
+    weight, bias = head_names(arch, 4)
+    model = make_model(arch, 4, candidates[0])
+    X, y = few_shot_samples(task, per_class=5, split="train")
+    with torch.no_grad():
+        features = model.net[:-1](X.reshape(len(X), 784))
+        distances = torch.cdist(features, candidates[0][weight])  # (n, 4)
+    assert torch.equal(model(X).argmax(-1), distances.argmin(-1))  # the head is a nearest-class-mean rule
+    torch.testing.assert_close(candidates[0][bias], -0.5 * candidates[0][weight].pow(2).sum(1))
+    assert evaluate_accuracy(model, task, "test") > 0.5  # well above chance (0.25) with no learning

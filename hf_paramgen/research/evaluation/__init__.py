@@ -17,6 +17,8 @@ test accuracy of:
                          the task's order: a lookup that solves held-out new orders of seen classes;
 * `class_row_composition` the body of the training checkpoint with most of the task's classes, each head row
                          from a checkpoint that has that class (none when a class is unseen);
+* `prototype_head`       that body with each head row the mean feature of its class's few-shot samples (the same
+                         samples the generator gets): nearest class mean, no learning;
 * `linear_hypernetwork`  ridge map condition -> flat weights, fit on train-split checkpoints with init
                          "shared-0" (one symmetry basin), alpha picked by validation-task accuracy;
 * `shuffled_instruction` the generator given another task's instruction, evaluated on the real task;

@@ -10,7 +10,7 @@ import torch
 
 from ...layout.param_layout import ParamLayout
 from ..architectures import build_model
-from ..tasks import Task
+from ..tasks import Task, few_shot_samples
 from ..zoo import evaluate_accuracy
 from .novelty import checkpoint_nearest_median, novelty
 from .zoo_index import RIDGE_ALPHAS, ConditionFn, StateDict, ZooIndex, make_model
@@ -164,6 +164,13 @@ def permuted_retrieval_candidates(cache: BaselineCache, arch: str, task: Task, k
             for e in same[:k]]
 
 
+def _bodies_by_overlap(cache: BaselineCache, arch: str, task: Task, k: int) -> list[dict]:
+    """The k training checkpoints (other tasks, same transform) sharing the most classes with `task` (stable)."""
+    entries = [e for e in cache.train_entries(arch, task) if e["task_id"] != task.task_id
+               and cache.zoo.tasks[e["task_id"]].transform == task.transform]
+    return sorted(entries, key=lambda e: -len(set(cache.zoo.tasks[e["task_id"]].classes) & set(task.classes)))[:k]
+
+
 def class_row_composition_candidates(cache: BaselineCache, arch: str, task: Task, k: int) -> list[StateDict]:
     """Up to k nets: the body of a training checkpoint with the most of `task`'s classes (one candidate per body),
     and for each output unit the head row of its class from that body's checkpoint when it has the class, else
@@ -175,7 +182,7 @@ def class_row_composition_candidates(cache: BaselineCache, arch: str, task: Task
     donor = {c: next((e for e in entries if c in classes_of[e["id"]]), None) for c in task.classes}
     if any(d is None for d in donor.values()):
         return []
-    bodies = sorted(entries, key=lambda e: -len(set(classes_of[e["id"]]) & set(task.classes)))[:k]
+    bodies = _bodies_by_overlap(cache, arch, task, k)
     out = []
     for body in bodies:
         rows = []
@@ -183,4 +190,22 @@ def class_row_composition_candidates(cache: BaselineCache, arch: str, task: Task
             source = body if c in classes_of[body["id"]] else donor[c]
             rows.append((cache.zoo.state_dict(source), classes_of[source["id"]].index(c)))
         out.append(compose_head(cache.zoo.state_dict(body), heads, rows))
+    return out
+
+
+@torch.no_grad()
+def prototype_head_candidates(cache: BaselineCache, arch: str, task: Task, k: int,
+                              per_class: int = 5) -> list[StateDict]:
+    """Up to k nets: a training checkpoint's body with its head set to the nearest class mean of the same few-shot
+    samples the generator gets, in that body's feature space (row i = mean feature of class i, bias
+    -||mean||^2 / 2): no learning, and it needs no training task with the class."""
+    heads = head_names(arch, task.num_classes)
+    X, y = few_shot_samples(task, per_class=per_class, split="train")
+    out = []
+    for body in _bodies_by_overlap(cache, arch, task, k):
+        state_dict = cache.zoo.state_dict(body)
+        model = make_model(arch, task.num_classes, state_dict)
+        features = model.net[:-1](torch.as_tensor(X).reshape(len(X), *model.input_shape)).float()  # (n, h)
+        means = torch.stack([features[torch.as_tensor(y) == i].mean(0) for i in range(task.num_classes)])
+        out.append({**state_dict, heads[0]: means, heads[1]: -0.5 * means.pow(2).sum(1)})
     return out

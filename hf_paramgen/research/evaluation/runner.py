@@ -17,6 +17,7 @@ from .baselines import (
     BaselineCache,
     class_row_composition_candidates,
     permuted_retrieval_candidates,
+    prototype_head_candidates,
     ridge_state_dict,
     steps_ratio,
 )
@@ -121,11 +122,13 @@ class _Row:
         row["retrieval_steps_ratio"] = steps_ratio(self.curves["retrieval"], self.curves["random_init"], self.target)
 
     def lookups(self) -> None:
-        """`permuted_retrieval` and `class_row_composition`: lookups with no learning that exploit a split of
-        new orders of seen classes; best of the same k as the generator, on validation."""
+        """`permuted_retrieval`, `class_row_composition` (lookups that exploit a split of new orders of seen
+        classes) and `prototype_head` (class means of the few-shot samples in a training body's features): no
+        learning; best of the same k as the generator, on validation."""
         for name, candidates_fn, missing in (
                 ("permuted_retrieval", permuted_retrieval_candidates, "no training task with the same class set"),
-                ("class_row_composition", class_row_composition_candidates, "a class no training task has")):
+                ("class_row_composition", class_row_composition_candidates, "a class no training task has"),
+                ("prototype_head", prototype_head_candidates, "no training checkpoint of this output size")):
             candidates = candidates_fn(self.cache, self.arch, self.task, self.opts["k"])
             if not candidates:
                 self.values[name], self.notes[name] = None, f"{missing} ({self.arch}, {self.task.task_id})"
@@ -259,7 +262,9 @@ def _settings(opts: dict, architectures: list[str], heldout: list[str], num_task
             "selection": "best of k on the validation split, never test",
             "lookups": "permuted_retrieval: training checkpoints of the same class set, head rows permuted; "
                        "class_row_composition: the body of the checkpoint with the most of the task's classes, each "
-                       "head row from a checkpoint that has the class; both best of k on validation, no learning",
+                       "head row from a checkpoint that has the class; prototype_head: that body with head rows "
+                       "= class means of the few-shot samples in its features (bias -|mean|^2/2); all best of k on "
+                       "validation, no learning",
             "ridge": "sklearn Ridge, fit on train-split shared-0 checkpoints; alpha in "
                      f"{list(RIDGE_ALPHAS)} by mean validation accuracy on <= 4 validation tasks",
             "novelty": "L2 after Hungarian alignment of hidden units / conv channels "

@@ -16,8 +16,8 @@ from ..zoo import evaluate_accuracy, load_manifest
 
 EVAL_SPLITS = ("seen_tasks", "heldout_tasks", "heldout_architectures")
 METHODS = ("generated_zero_shot", "generated_finetuned", "trained", "random_init", "zoo_average", "retrieval",
-           "retrieval_noise", "permuted_retrieval", "class_row_composition", "linear_hypernetwork",
-           "shuffled_instruction")
+           "retrieval_noise", "permuted_retrieval", "class_row_composition", "prototype_head",
+           "linear_hypernetwork", "shuffled_instruction")
 ARCH_COLUMNS = (*METHODS, "random_init_finetuned", "retrieval_finetuned")  # per-architecture table
 TASK_SPLIT = {"seen_tasks": "train", "heldout_tasks": "heldout_task"}  # EVAL_SPLITS -> the zoo's checkpoint split
 NOISE_SCALE = 0.1  # retrieval_noise: sigma = NOISE_SCALE * per-tensor std
