@@ -187,3 +187,16 @@ def test_bad_preset_limit_and_missing_manifest_raise(tmp_path):
         build_zoo(tmp_path, preset="tiny", limit=-1)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         load_manifest(tmp_path)
+
+
+def test_demo_preset_holds_out_classes_no_training_task_has():
+    from collections import Counter
+
+    from hf_paramgen.research.zoo_plan import make_tasks
+
+    tasks = make_tasks("demo")
+    splits = Counter(t["split"] for t in tasks)
+    assert splits == {"train": 360, "heldout_task": 72, "validation": 48, "heldout_class": 24}
+    for t in tasks:  # 8 and 9 appear only in heldout_class tasks, and every such task has one of them
+        assert bool(set(t["classes"]) & {8, 9}) == (t["split"] == "heldout_class"), t
+    assert make_tasks("shared") == make_tasks("shared")  # presets without held-out classes: unchanged, seeded

@@ -138,6 +138,8 @@ def _manifest(preset: str, tasks: list[dict], jobs: list[dict], output_dir: Path
                           for a, (s, f) in archs.items()},
         "heldout_architectures": [a for a in archs if a in HELDOUT_ARCHITECTURES],
         "heldout_tasks": [t["task_id"] for t in tasks if t["split"] == "heldout_task"],
+        "heldout_classes": {d: list(c) for d, c in PRESETS[preset].get("heldout_classes", {}).items()},
+        "heldout_class_tasks": [t["task_id"] for t in tasks if t["split"] == "heldout_class"],
         "validation_tasks": [t["task_id"] for t in tasks if t["split"] == "validation"],
         "checkpoints": entries, "num_checkpoints": len(entries), "num_planned_checkpoints": len(jobs),
         "num_tasks": len({e["task_id"] for e in entries}),
@@ -155,7 +157,9 @@ def _readme(manifest: dict) -> str:
     return (f"# hf_paramgen model zoo ({manifest['preset']})\n\n{manifest['num_checkpoints']} checkpoints of "
             f"{manifest['num_architectures']} architectures on {manifest['num_tasks']} tasks "
             f"(held-out architectures: {', '.join(manifest['heldout_architectures']) or 'none'}; "
-            f"{len(manifest['heldout_tasks'])} held-out tasks). Built in {manifest['zoo_build_seconds']} s "
+            f"{len(manifest['heldout_tasks'])} held-out tasks, {len(manifest.get('heldout_class_tasks', []))} with "
+            f"held-out classes {manifest.get('heldout_classes') or 'none'}). "
+            f"Built in {manifest['zoo_build_seconds']} s "
             f"with {manifest['num_workers']} worker(s). Each folder under `checkpoints/` loads with "
             f"`ZooNet.from_pretrained`; `manifest.json` lists tasks, splits and accuracies.\n\n"
             f"| architecture | checkpoints | mean validation accuracy | mean test accuracy |\n"

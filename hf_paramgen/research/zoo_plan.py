@@ -67,6 +67,9 @@ PRESETS: dict[str, dict] = {
         "families": {"mnist-4class": ("mnist", (4,), "none", 480)},
         "architectures": {"cnn-mnist": (1, 1.0)},
         "inits": ("shared-0",),
+        # digits 8 and 9 appear in no train/validation/heldout_task task: 24 tasks with them are "heldout_class"
+        "heldout_classes": {"mnist": (8, 9)},
+        "heldout_class_tasks": 24,
     },
     "tiny": {
         "families": {"mnist-4class": ("mnist", (4,), "none", 3), "mnist-hflip": ("mnist", (4,), "hflip", 1),
@@ -85,30 +88,43 @@ def _stable_int(*parts) -> int:
 def make_tasks(preset: str = "full", seed: int = SPLIT_SEED) -> list[dict]:
     """The zoo's deterministic task list with families and task splits.
 
+    A preset may hold out classes (`"heldout_classes": {dataset: classes}`): no train, validation or
+    heldout_task task contains them, and `"heldout_class_tasks"` tasks per family that do contain one get the split
+    "heldout_class" (unseen classes, not only unseen orders of seen ones).
+
     Returns:
         One dict per task: `Task.to_dict()` plus `instruction`, `num_classes`, `family` and `split`
-        ("train", "validation" or "heldout_task"; `TASK_SPLIT_FRACTIONS` of each family, seeded).
+        ("train", "validation", "heldout_task" (`TASK_SPLIT_FRACTIONS` of each family, seeded) or "heldout_class").
     """
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
     rng = np.random.default_rng(seed)
+    held_classes = PRESETS[preset].get("heldout_classes", {})
+    num_held = PRESETS[preset].get("heldout_class_tasks", 0)
     tasks, seen = [], set()
     for family, (dataset, sizes, transform, count) in PRESETS[preset]["families"].items():
-        family_tasks = []
-        while len(family_tasks) < count:
-            k = sizes[len(family_tasks) % len(sizes)]
+        family_tasks, unseen_class_tasks = [], []
+        while len(family_tasks) < count or (held_classes.get(dataset) and len(unseen_class_tasks) < num_held):
+            k = sizes[(len(family_tasks) + len(unseen_class_tasks)) % len(sizes)]
             task = Task.make(dataset, rng.permutation(DATASETS[dataset]["num_classes"])[:k].tolist(), transform)
-            if task.task_id not in seen:
+            if task.task_id in seen:
+                continue
+            entry = {**task.to_dict(), "instruction": task.task_text, "num_classes": task.num_classes,
+                     "family": family, "split": "train"}
+            if set(task.classes) & set(held_classes.get(dataset, ())):
+                if len(unseen_class_tasks) < num_held:
+                    seen.add(task.task_id)
+                    unseen_class_tasks.append({**entry, "split": "heldout_class"})
+            elif len(family_tasks) < count:
                 seen.add(task.task_id)
-                family_tasks.append({**task.to_dict(), "instruction": task.task_text,
-                                     "num_classes": task.num_classes, "family": family, "split": "train"})
+                family_tasks.append(entry)
         order = rng.permutation(count)
         n_held = max(1, round(count * TASK_SPLIT_FRACTIONS["heldout_task"])) if count >= 3 else 0
         n_validation = round(count * TASK_SPLIT_FRACTIONS["validation"])
         for rank, i in enumerate(order):
             family_tasks[i]["split"] = ("heldout_task" if rank < n_held
                                         else "validation" if rank < n_held + n_validation else "train")
-        tasks += family_tasks
+        tasks += family_tasks + unseen_class_tasks
     for split in ("heldout_task", "validation"):  # tiny presets: still at least one task of each split
         if not any(t["split"] == split for t in tasks):
             next(t for t in tasks if t["split"] == "train" and t["dataset"] == "mnist")["split"] = split
