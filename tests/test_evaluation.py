@@ -260,3 +260,12 @@ def test_prototype_head_is_the_nearest_class_mean_of_the_few_shot_samples(tiny_z
     assert torch.equal(model(X).argmax(-1), distances.argmin(-1))  # the head is a nearest-class-mean rule
     torch.testing.assert_close(candidates[0][bias], -0.5 * candidates[0][weight].pow(2).sum(1))
     assert evaluate_accuracy(model, task, "test") > 0.5  # well above chance (0.25) with no learning
+
+
+def test_ci95_is_the_student_t_interval_of_the_task_mean():
+    from hf_paramgen.research.evaluation.runner import ci95
+
+    low, high = ci95([0.8, 0.9, 1.0])
+    assert (low + high) / 2 == pytest.approx(0.9)
+    assert high - low == pytest.approx(2 * 4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    assert ci95([0.5]) is None and ci95([None, 0.7]) is None

@@ -210,9 +210,23 @@ def _median_ratio(ratios: list[dict]) -> float | None:
     return float(np.median(finite)) if finite else None
 
 
+def ci95(values: list) -> list[float] | None:
+    """95 % confidence interval of the mean over tasks (Student t; None with fewer than 2 values)."""
+    from scipy import stats
+
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    mean, sem = float(np.mean(values)), float(stats.sem(values))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    return [mean - half, mean + half]
+
+
 def summarise(rows: list[dict], architectures: list[str]) -> dict:
-    """Per-split means over (task, architecture) rows, ratios, and the reasons behind any null."""
+    """Per-split means over (task, architecture) rows, their 95 % intervals (`ci95`), ratios, and the reasons
+    behind any null."""
     out: dict = {m: _mean([r.get(m) for r in rows]) for m in METHODS}
+    out["ci95"] = {m: ci95([r.get(m) for r in rows]) for m in METHODS}
     out.update({m: _mean([r.get(m) for r in rows]) for m in ("random_init_finetuned", "retrieval_finetuned",
                                                               "novelty_ratio_retrieval_noise")})
     ratios = [r["finetune_steps_ratio"] for r in rows if "finetune_steps_ratio" in r]
