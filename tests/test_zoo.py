@@ -189,14 +189,15 @@ def test_bad_preset_limit_and_missing_manifest_raise(tmp_path):
         load_manifest(tmp_path)
 
 
-def test_demo_preset_holds_out_classes_no_training_task_has():
+def test_demo_preset_holds_out_classes_and_a_transform_no_training_task_has():
     from collections import Counter
 
     from hf_paramgen.research.zoo_plan import make_tasks
 
     tasks = make_tasks("demo")
     splits = Counter(t["split"] for t in tasks)
-    assert splits == {"train": 360, "heldout_task": 72, "validation": 48, "heldout_class": 24}
+    assert splits == {"train": 360, "heldout_task": 72, "validation": 48, "heldout_class": 24, "heldout_dataset": 24}
     for t in tasks:  # 8 and 9 appear only in heldout_class tasks, and every such task has one of them
         assert bool(set(t["classes"]) & {8, 9}) == (t["split"] == "heldout_class"), t
+        assert (t["transform"] == "hflip") == (t["split"] == "heldout_dataset"), t  # a transform no training task has
     assert make_tasks("shared") == make_tasks("shared")  # presets without held-out classes: unchanged, seeded

@@ -43,8 +43,9 @@ MODEL_FEATURES = Features(
     }
 )
 TASK_FIELDS = ("task_id", "instruction", "dataset", "classes", "transform", "num_classes")
-# the corpus's model splits; "heldout_class": tasks with a class no train/validation task has
-MODEL_SPLITS = ("train", "validation", "heldout_task", "heldout_class", "heldout_architecture")
+# the corpus's model splits; "heldout_class": tasks with a class no train/validation task has; "heldout_dataset":
+# tasks on data (a dataset or input transform) no train/validation task used
+MODEL_SPLITS = ("train", "validation", "heldout_task", "heldout_class", "heldout_dataset", "heldout_architecture")
 CONFIG_FILE = "corpus_config.json"
 MAX_LISTED = 20  # distinct Hub repos / architectures named in a card's YAML header (the rest are counted)
 

@@ -88,6 +88,6 @@ def cli_demo(argv: list[str]) -> int:
     print(f"\nresults: {Path(args.output_dir) / 'results.json'}  (wall {time.perf_counter() - start:.0f} s)")
     from .evaluation import format_table
 
-    splits = tuple(s for s in ("seen_tasks", "heldout_tasks", "heldout_classes") if s in results)
+    splits = tuple(s for s in ("seen_tasks", "heldout_tasks", "heldout_classes", "heldout_dataset") if s in results)
     print(format_table(results, splits))
     return 0

@@ -64,12 +64,14 @@ PRESETS: dict[str, dict] = {
     },
     # the README's main job: the "shared" recipe at a size whose whole chain runs in minutes
     "demo": {
-        "families": {"mnist-4class": ("mnist", (4,), "none", 480)},
+        "families": {"mnist-4class": ("mnist", (4,), "none", 480), "mnist-hflip": ("mnist", (4,), "hflip", 24)},
         "architectures": {"cnn-mnist": (1, 1.0)},
         "inits": ("shared-0",),
         # digits 8 and 9 appear in no train/validation/heldout_task task: 24 tasks with them are "heldout_class"
         "heldout_classes": {"mnist": (8, 9)},
         "heldout_class_tasks": 24,
+        # horizontally flipped digits, a transform no other task uses: every task of this family is "heldout_dataset"
+        "heldout_families": ("mnist-hflip",),
     },
     "tiny": {
         "families": {"mnist-4class": ("mnist", (4,), "none", 3), "mnist-hflip": ("mnist", (4,), "hflip", 1),
@@ -90,19 +92,22 @@ def make_tasks(preset: str = "full", seed: int = SPLIT_SEED) -> list[dict]:
 
     A preset may hold out classes (`"heldout_classes": {dataset: classes}`): no train, validation or
     heldout_task task contains them, and `"heldout_class_tasks"` tasks per family that do contain one get the split
-    "heldout_class" (unseen classes, not only unseen orders of seen ones).
+    "heldout_class" (unseen classes, not only unseen orders of seen ones). Every task of a family in
+    `"heldout_families"` gets the split "heldout_dataset" (data no training task used); it has no held-out class.
 
     Returns:
         One dict per task: `Task.to_dict()` plus `instruction`, `num_classes`, `family` and `split`
-        ("train", "validation", "heldout_task" (`TASK_SPLIT_FRACTIONS` of each family, seeded) or "heldout_class").
+        ("train", "validation", "heldout_task" (`TASK_SPLIT_FRACTIONS` of each family, seeded), "heldout_class" or
+        "heldout_dataset").
     """
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
     rng = np.random.default_rng(seed)
     held_classes = PRESETS[preset].get("heldout_classes", {})
-    num_held = PRESETS[preset].get("heldout_class_tasks", 0)
+    held_families = PRESETS[preset].get("heldout_families", ())
     tasks, seen = [], set()
     for family, (dataset, sizes, transform, count) in PRESETS[preset]["families"].items():
+        num_held = 0 if family in held_families else PRESETS[preset].get("heldout_class_tasks", 0)
         family_tasks, unseen_class_tasks = [], []
         while len(family_tasks) < count or (held_classes.get(dataset) and len(unseen_class_tasks) < num_held):
             k = sizes[(len(family_tasks) + len(unseen_class_tasks)) % len(sizes)]
@@ -124,6 +129,9 @@ def make_tasks(preset: str = "full", seed: int = SPLIT_SEED) -> list[dict]:
         for rank, i in enumerate(order):
             family_tasks[i]["split"] = ("heldout_task" if rank < n_held
                                         else "validation" if rank < n_held + n_validation else "train")
+        if family in held_families:
+            for task in family_tasks:
+                task["split"] = "heldout_dataset"
         tasks += family_tasks + unseen_class_tasks
     for split in ("heldout_task", "validation"):  # tiny presets: still at least one task of each split
         if not any(t["split"] == split for t in tasks):

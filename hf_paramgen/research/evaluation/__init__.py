@@ -3,7 +3,8 @@
 `evaluate_generator(generate_fn, zoo_dir, ...)` works with any generator given as
 `generate_fn(task, architecture, num_candidates, seed) -> list[state_dict]` (None: baselines only). Per evaluation
 split (`EVAL_SPLITS`: `seen_tasks` = train-split tasks, `heldout_tasks` (new orders and sets of seen classes),
-`heldout_classes` (tasks with a class no training task has), `heldout_architectures`) it reports mean
+`heldout_classes` (tasks with a class no training task has), `heldout_dataset` (data no training task used),
+`heldout_architectures`) it reports mean
 test accuracy of:
 
 * `generated_zero_shot`  best of k generated nets, chosen on the task's **validation** split (never test);

@@ -164,10 +164,12 @@ def permuted_retrieval_candidates(cache: BaselineCache, arch: str, task: Task, k
             for e in same[:k]]
 
 
-def _bodies_by_overlap(cache: BaselineCache, arch: str, task: Task, k: int) -> list[dict]:
-    """The k training checkpoints (other tasks, same transform) sharing the most classes with `task` (stable)."""
+def _bodies_by_overlap(cache: BaselineCache, arch: str, task: Task, k: int,
+                       same_transform: bool = True) -> list[dict]:
+    """The k training checkpoints (other tasks; of the same transform unless `same_transform=False`) sharing the
+    most classes with `task` (stable order)."""
     entries = [e for e in cache.train_entries(arch, task) if e["task_id"] != task.task_id
-               and cache.zoo.tasks[e["task_id"]].transform == task.transform]
+               and (not same_transform or cache.zoo.tasks[e["task_id"]].transform == task.transform)]
     return sorted(entries, key=lambda e: -len(set(cache.zoo.tasks[e["task_id"]].classes) & set(task.classes)))[:k]
 
 
@@ -202,7 +204,7 @@ def prototype_head_candidates(cache: BaselineCache, arch: str, task: Task, k: in
     heads = head_names(arch, task.num_classes)
     X, y = few_shot_samples(task, per_class=per_class, split="train")
     out = []
-    for body in _bodies_by_overlap(cache, arch, task, k):
+    for body in _bodies_by_overlap(cache, arch, task, k, same_transform=False):  # a new transform has no body
         state_dict = cache.zoo.state_dict(body)
         model = make_model(arch, task.num_classes, state_dict)
         features = model.net[:-1](torch.as_tensor(X).reshape(len(X), *model.input_shape)).float()  # (n, h)

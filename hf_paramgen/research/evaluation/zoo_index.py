@@ -14,13 +14,14 @@ from ..architectures import build_model
 from ..tasks import Task, few_shot_samples, task_from_dict
 from ..zoo import evaluate_accuracy, load_manifest
 
-EVAL_SPLITS = ("seen_tasks", "heldout_tasks", "heldout_classes", "heldout_architectures")
+EVAL_SPLITS = ("seen_tasks", "heldout_tasks", "heldout_classes", "heldout_dataset", "heldout_architectures")
 METHODS = ("generated_zero_shot", "generated_finetuned", "trained", "random_init", "zoo_average", "retrieval",
            "retrieval_noise", "permuted_retrieval", "class_row_composition", "prototype_head",
            "linear_hypernetwork", "shuffled_instruction")
 ARCH_COLUMNS = (*METHODS, "random_init_finetuned", "retrieval_finetuned")  # per-architecture table
 # EVAL_SPLITS -> the zoo's checkpoint split
-TASK_SPLIT = {"seen_tasks": "train", "heldout_tasks": "heldout_task", "heldout_classes": "heldout_class"}
+TASK_SPLIT = {"seen_tasks": "train", "heldout_tasks": "heldout_task", "heldout_classes": "heldout_class",
+              "heldout_dataset": "heldout_dataset"}
 NOISE_SCALE = 0.1  # retrieval_noise: sigma = NOISE_SCALE * per-tensor std
 REACH_FRACTION = 0.98  # finetune_steps_ratio target: 98 % of the trained checkpoints' mean validation accuracy
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
