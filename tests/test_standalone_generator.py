@@ -40,7 +40,7 @@ class Net(nn.Module):
 RUN_CODE = NET_CODE + """
 import json, sys, torch
 from transformers import pipeline
-data = torch.load(sys.argv[2])
+data = torch.load(sys.argv[2], weights_only=True)
 pipe = pipeline(model=sys.argv[1], trust_remote_code=True)
 out = pipe({"target": Net(), "task_text": data["task_text"], "samples": data["samples"],
             "validation": data["validation"]}, num_candidates=8, seed=0)

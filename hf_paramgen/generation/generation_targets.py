@@ -81,6 +81,18 @@ def build_model(template, state_dict: dict[str, torch.Tensor], layout: ParamLayo
     return model.eval()
 
 
+def reload_model(model: nn.Module, template, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A model `build_model` made for `template`, with another generated `state_dict` loaded in place (the adapter
+    of a PeftModel for a LoRA target); the same checks already passed for this layout."""
+    if isinstance(template, tuple):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state_dict)
+    else:
+        model.load_state_dict(state_dict, strict=False)
+    return model.eval()
+
+
 def resolve_target(target: Any, known_layouts: dict | None = None) -> tuple[ParamLayout, Any]:
     """`target` -> (layout, template): template is the `nn.Module`, transformers config or `(base, LoraConfig)`
     the weights are built into, None for a bare `ParamLayout`. A LoRA target's base must be the base of the adapter

@@ -37,6 +37,7 @@ from .generation_targets import (
     check_pair,
     is_texts,
     known_layouts,
+    reload_model,
     resolve_target,
 )
 from .generator_loading import (
@@ -47,6 +48,7 @@ from .generator_loading import (
     file_sha256,
     load_param_tokenizer,
     load_sample_encoders,
+    resolve_commit,
 )
 
 MAX_INSTRUCTION_WORDS = 200  # MiniLM reads 256 word pieces; longer texts would be silently truncated
@@ -54,16 +56,10 @@ DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}
 DECODINGS = ("sample", "mean")
 
 
-def _tokenizer_codes_per_chunk(config) -> int:
-    """Codes per chunk of a ParamTokenizer config (`codes_per_chunk` once it has `latents_per_chunk`, else the
-    `tokens_per_chunk` of earlier versions)."""
-    return int(config.codes_per_chunk if hasattr(config, "latents_per_chunk") else config.tokens_per_chunk)
-
-
 def resolve_decoding(param_tokenizer_config, decoding: str | None) -> str:
     """`decoding`, or for None: "mean" when the ParamTokenizer allows it (one code per chunk), else "sample"."""
     if decoding is None:
-        return "mean" if _tokenizer_codes_per_chunk(param_tokenizer_config) == 1 else "sample"
+        return "mean" if param_tokenizer_config.codes_per_chunk == 1 else "sample"
     if decoding not in DECODINGS:
         raise GenerationError(f"decoding must be one of {DECODINGS}, got {decoding!r}.")
     return decoding
@@ -110,7 +106,7 @@ class GenerationResult:
 def check_compatible(prior_config, tokenizer_config) -> None:
     """Raise `GenerationError` unless the prior models this ParamTokenizer's codes."""
     pairs = [("codebook_size", prior_config.codebook_size, tokenizer_config.codebook_size),
-             ("codes per chunk", prior_config.codes_per_chunk, _tokenizer_codes_per_chunk(tokenizer_config))]
+             ("codes per chunk", prior_config.codes_per_chunk, tokenizer_config.codes_per_chunk)]
     if prior_config.chunk_size is not None:
         pairs.append(("chunk_size", prior_config.chunk_size, tokenizer_config.chunk_size))
     pairs.append(("aggregation", prior_config.aggregation, tokenizer_config.aggregation))
@@ -202,12 +198,7 @@ class ParamGenerator:
                 one commit, from which the prior, the ParamTokenizer (unless pinned) and the sample encoders load.
             **kwargs: `param_tokenizer`, `text_encoder`, `sample_encoders` objects to use instead of loading them.
         """
-        if not os.path.isdir(os.path.join(name_or_path, subfolder or "")):
-            from transformers.utils.hub import resolve_revision
-
-            resolved = resolve_revision(str(name_or_path), revision, token=token, local_files_only=local_files_only,
-                                        cache_dir=cache_dir)
-            revision = getattr(resolved, "resolved", None) or resolved
+        revision = resolve_commit(name_or_path, revision, cache_dir, token, local_files_only)
         hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
         prior = ParamPriorForCausalLM.from_pretrained(name_or_path, subfolder=subfolder or "", **hub)
         return cls.from_prior(prior, name_or_path=name_or_path, subfolder=subfolder, **hub, **kwargs)
@@ -342,11 +333,18 @@ class ParamGenerator:
         """Score the candidates on the validation data (if any), keep the best, build it into the target."""
         template, layout, validation = prepared["template"], prepared["layout"], prepared["validation"]
         scores: list[float | None] = [None] * len(state_dicts)
-        best = 0
-        if validation is not None:
-            scores = [accuracy(build_model(template, sd, layout), *validation) for sd in state_dicts]
+        best, model = 0, None
+        if validation is not None:  # one copy of the target, reloaded with each candidate
+            for i, sd in enumerate(state_dicts):
+                model = build_model(template, sd, layout) if model is None else reload_model(model, template, sd)
+                scores[i] = accuracy(model, *validation)
             best = max(range(len(scores)), key=scores.__getitem__)
-        model = build_model(template, state_dicts[best], layout) if build and template is not None else None
+        if not build or template is None:
+            model = None
+        elif model is None:
+            model = build_model(template, state_dicts[best], layout)
+        else:
+            model = reload_model(model, template, state_dicts[best])
         reasons = list(prepared.get("ood_reasons") or [])
         return GenerationResult(state_dicts, codes, scores, best, model, bool(reasons), reasons)
 

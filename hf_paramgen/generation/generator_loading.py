@@ -28,6 +28,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def resolve_commit(name_or_path: str | os.PathLike | None, revision: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                   local_files_only: bool = False) -> str | None:
+    """The commit a Hub revision points to now (transformers' `resolve_revision`), so every component of one load
+    comes from the same repo state; a local folder, or a revision that cannot be resolved, comes back unchanged."""
+    from transformers.utils.hub import resolve_revision
+
+    resolved = resolve_revision(None if name_or_path is None else str(name_or_path), revision, token=token,
+                                cache_dir=cache_dir, local_files_only=local_files_only)
+    return getattr(resolved, "resolved", None) or resolved
+
+
 def _join(*parts: str | None) -> str:
     return "/".join(p.strip("/") for p in parts if p)
 

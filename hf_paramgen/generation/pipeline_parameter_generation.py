@@ -30,6 +30,7 @@ from ..conditioning.samples import SampleEncoder
 from ..models.modeling_param_tokenizer import ParamTokenizer
 from .generation_targets import ON_UNSEEN_LAYOUT
 from .generator import ParamGenerator, resolve_decoding, resolve_num_candidates
+from .generator_loading import resolve_commit
 
 TASK = "parameter-generation"
 # Key of `custom_pipelines` in saved configs. It must differ from TASK: transformers' `pipeline()` treats a
@@ -78,16 +79,11 @@ class ParameterGenerationPipeline(Pipeline):
                  cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
                  subfolder: str | None = None, **kwargs):
         super().__init__(model=model, **kwargs)
-        name = getattr(self.model, "name_or_path", None) or None
-        local_files_only = False
-        if name and not os.path.isdir(os.path.join(name, subfolder or "")):
-            from huggingface_hub import constants
-            from transformers.utils.hub import resolve_revision
+        from huggingface_hub import constants
 
-            local_files_only = constants.is_offline_mode()
-            resolved = resolve_revision(name, revision, token=token, cache_dir=cache_dir,
-                                        local_files_only=local_files_only)
-            revision = getattr(resolved, "resolved", None) or resolved
+        name = getattr(self.model, "name_or_path", None) or None
+        local_files_only = bool(name) and not os.path.isdir(name) and constants.is_offline_mode()
+        revision = resolve_commit(name, revision, cache_dir, token, local_files_only)
         self.generator = ParamGenerator.from_prior(
             self.model, name_or_path=name, subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token,
             local_files_only=local_files_only, param_tokenizer=param_tokenizer, text_encoder=text_encoder,

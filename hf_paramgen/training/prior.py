@@ -66,9 +66,8 @@ def check_architectures(corpus, architectures: list[str] | None) -> None:
 
 
 def _model_rows(corpus, splits, architectures) -> list[dict]:
-    models = corpus["models"]
-    rows = [models[i] for i in range(len(models))]
-    return [r for r in rows if r["split"] in splits and (architectures is None or r["architecture"] in architectures)]
+    return [r for r in corpus["models"].to_list()
+            if r["split"] in splits and (architectures is None or r["architecture"] in architectures)]
 
 
 @runtime_checkable
