@@ -10,8 +10,10 @@ from transformers import AutoModelForCausalLM
 
 from hf_paramgen import ParamLayout, chunk_positions
 from hf_paramgen.data.collate import PriorCollator
+from hf_paramgen.models.code_structure import STRUCTURE_FIELDS, FactorisedStructureEmbedding
 from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
 from hf_paramgen.models.modeling_param_prior import (
+    CodeStructureEmbedding,
     ParamPriorForCausalLM,
     class_slots,
     head_tensors,
@@ -65,11 +67,51 @@ def test_config_validation_names_values():
 def test_structure_for_layout_expands_chunk_positions_over_slots(layout):
     structure = structure_for_layout(layout, 4, 2, "layer")
     position, _ = chunk_positions(layout, 4, "layer")  # 3 + 1 + 2 + 1 chunks
-    assert structure.shape == (position.shape[0] * 2, 5)
+    assert structure.shape == (position.shape[0] * 2, len(STRUCTURE_FIELDS)) == (14, 10)
     assert torch.equal(structure[0::2, :3], position) and torch.equal(structure[1::2, :3], position)
     assert structure[:, 3].tolist() == [0, 1] * position.shape[0]
     assert torch.equal(structure[0::2, 4], class_slots(layout, 4))
-    assert torch.equal(structure[1::2, 4], structure[0::2, 4])
+    assert torch.equal(structure[1::2, 4:], structure[0::2, 4:])
+    # (row, column, fan_in, fan_out, tensors_after) of each chunk's first weight: weight (3, 4) in 3 chunks of 4,
+    # bias (3,), weight (2, 3) in 2 chunks (the second starts at row 1, column 1), bias (2,)
+    assert structure[0::2, 5:].tolist() == [[0, 0, 4, 3, 3], [1, 0, 4, 3, 3], [2, 0, 4, 3, 3], [0, 0, 1, 3, 2],
+                                            [0, 0, 3, 2, 1], [1, 1, 3, 2, 1], [0, 0, 1, 2, 0]]
+
+
+def test_factorised_structure_has_no_table_a_larger_network_overflows():
+    """Unit i of a narrow layer and of a wide one get the same embedding; a tensor of 50,000 chunks (far beyond
+    max_chunks_per_tensor) embeds to finite, distinct rows instead of being clipped to one table row."""
+    config = tiny_config(structure_embedding="factorised", max_chunks_per_tensor=4)
+    embed = FactorisedStructureEmbedding(config, 16)
+    narrow = structure_for_layout(ParamLayout.from_module(nn.Linear(4, 8)), 4, 2)  # 8 rows x 1 chunk each
+    wide = structure_for_layout(ParamLayout.from_module(nn.Linear(4, 32)), 4, 2)
+    assert torch.equal(narrow[:16, 5:7], wide[:16, 5:7])  # same (row, column) for units 0..7
+    big = structure_for_layout(ParamLayout.from_module(nn.Linear(1000, 200)), 4, 1)  # 50,000 chunks in one tensor
+    out = embed(big[None])
+    assert big.shape[0] == 50_000 + 200 // 4 and out.shape == (1, big.shape[0], 16) and torch.isfinite(out).all()
+    assert not torch.allclose(out[0, 10], out[0, 40_000])
+    tables = CodeStructureEmbedding(tiny_config(max_chunks_per_tensor=4), 16)  # capped: chunks >= 3 share a row
+    assert torch.equal(tables(big[None])[0, 10], tables(big[None])[0, 40_000])
+    five = big[None, :100, :5]  # rows without shape fields: zeros stand in for them
+    assert torch.equal(embed(five), embed(torch.cat([five, torch.zeros(1, 100, 5, dtype=torch.long)], -1)))
+    with pytest.raises(ValueError, match="structure_embedding must be 'tables' or 'factorised', got 'relative'"):
+        tiny_config(structure_embedding="relative")
+
+
+def test_factorised_prior_trains_and_generates_for_a_wider_layout():
+    """A factorised prior runs forward/backward on one layout and generates codes for a wider, deeper one."""
+    model = tiny_model(structure_embedding="factorised")
+    layout = ParamLayout.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    wide = ParamLayout.from_module(nn.Sequential(nn.Linear(3, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(),
+                                                 nn.Linear(12, 2)))
+    cs, per_chunk = model.config.chunk_size, model.config.codes_per_chunk
+    structure = structure_for_layout(layout, cs, per_chunk)
+    ids = torch.randint(model.config.code_offset, model.config.vocab_size, (1, structure.shape[0]))
+    out = model(input_ids=ids, code_structure=structure[None], labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.structure_embed.proj.weight.grad.abs().sum() > 0
+    codes = model.generate_codes(None, wide, chunk_size=cs, seed=0)
+    assert codes.shape == (1, structure_for_layout(wide, cs, per_chunk).shape[0] // per_chunk, per_chunk)
 
 
 def test_class_slots_mark_the_rows_of_the_classifier_head():
@@ -299,7 +341,7 @@ def test_collator_crops_long_networks_and_masks_labels(layout):
         start = int(batch["input_ids"][i, 1]) - 2  # codes are arange, so the first code is the crop start
         assert batch["input_ids"][i, 1:].tolist() == list(range(start + 2, start + 8))
         assert torch.equal(batch["code_structure"][i, :6], structure[start : start + 6])
-    with pytest.raises(ValueError, match=r"code_structure has shape \(14, 5\), the row's codes need \(5, 5\)"):
+    with pytest.raises(ValueError, match=r"code_structure has shape \(14, 10\), the row.s codes need \(5, 10\)"):
         collator([{**row, "codes": torch.arange(5), "code_structure": structure}])
 
 

@@ -67,7 +67,7 @@ def test_dataset_rows_hold_codes_structure_and_conditions_of_train_models_only(s
     layout = ParamLayout.from_json(weights["layout"])
     n = sum(-(-s.numel // 16) for s in layout.specs)
     assert row["codes"].shape == (n,) and int(row["codes"].max()) < 16
-    assert row["code_structure"].shape == (n, 5)
+    assert row["code_structure"].shape == (n, 10)
     assert row["condition_types"].tolist() == [0, 1, 2, 3, 4, 5]  # text, architecture, 4 class prototypes
     assert ds.with_format("torch")[2]["condition_types"].tolist() == [0, 1, 2, 3]  # a 2-class task
     assert row["condition_embeds"].shape == (6, 32)

@@ -27,7 +27,7 @@ class PriorCollator:
     Each row is a dict with
       * ``codes``: (T,) or (N, l) ints in [0, codebook_size), in chunk order;
       * ``condition_embeds`` (n_cond, d) and ``condition_types`` (n_cond,) (see `encode_instruction`);
-      * ``code_structure`` (T, 5), or ``architecture``: a name in ``config.layouts`` (the structure is then
+      * ``code_structure`` (T, 10), or ``architecture``: a name in ``config.layouts`` (the structure is then
         computed with ``config.chunk_size`` / ``config.aggregation`` and cached).
 
     Rows with more codes than ``max_codes`` are cropped to a random window ``codes[a:a+max_codes]``
@@ -67,7 +67,7 @@ class PriorCollator:
         return structure
 
     def _row(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids (1+m,), code_structure (1+m, 5)) of one row, cropped to `max_codes` codes."""
+        """(input_ids (1+m,), code_structure (1+m, 10)) of one row, cropped to `max_codes` codes."""
         codes = _tensor(row["codes"], torch.long).reshape(-1)
         structure = self._structure(row, codes.shape[0])
         if codes.shape[0] > self.max_codes:

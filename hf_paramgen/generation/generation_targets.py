@@ -134,14 +134,15 @@ def check_layout(layout: ParamLayout, prior_config, tokenizer_config) -> None:
     bad = sorted(k for k in kinds if KINDS.index(k) >= cfg.num_kinds)
     if bad:
         raise GenerationError(f"Tensor kinds {bad} are beyond the prior's kind table ({cfg.num_kinds} kinds).")
-    if len(layout) > cfg.max_tensors:
-        raise GenerationError(f"The target has {len(layout)} tensors; the prior's table holds "
-                              f"max_tensors={cfg.max_tensors}.")
-    position, _ = chunk_positions(layout, tok.chunk_size, tok.aggregation)  # (N, 3)
-    most = int(position[:, 1].max()) + 1
-    if most > cfg.max_chunks_per_tensor:
-        raise GenerationError(f"A tensor of the target spans {most} chunks; the prior's table holds "
-                              f"max_chunks_per_tensor={cfg.max_chunks_per_tensor}.")
+    if getattr(cfg, "structure_embedding", "tables") == "tables":  # factorised structure has no table to overflow
+        if len(layout) > cfg.max_tensors:
+            raise GenerationError(f"The target has {len(layout)} tensors; the prior's table holds "
+                                  f"max_tensors={cfg.max_tensors}.")
+        position, _ = chunk_positions(layout, tok.chunk_size, tok.aggregation)  # (N, 3)
+        most = int(position[:, 1].max()) + 1
+        if most > cfg.max_chunks_per_tensor:
+            raise GenerationError(f"A tensor of the target spans {most} chunks; the prior's table holds "
+                                  f"max_chunks_per_tensor={cfg.max_chunks_per_tensor}.")
     for key in ("chunk_size", "aggregation"):
         want = getattr(tok, key)
         got = layout.metadata.get(key, want)

@@ -45,9 +45,11 @@ class ParamPriorConfig(PreTrainedConfig):
     generated block by block (each block: prefix, BOS, the last `block_window` codes of the
     previous block, new codes).
 
-    Structure tables: every code token carries `(tensor_index, chunk_in_tensor, kind_id, slot)`;
-    indices beyond a table (`max_tensors`, `max_chunks_per_tensor`) are **clipped** to its last
-    row, so longer networks still run but share that row.
+    Structure: every code token carries `STRUCTURE_FIELDS` (`code_structure`). With `structure_embedding="tables"`
+    (the default of older configs) the prior embeds `(tensor_index, chunk_in_tensor, kind_id, slot)` by tables whose
+    indices beyond `max_tensors` / `max_chunks_per_tensor` are **clipped** to the last row (capped); with
+    `"factorised"` it embeds sinusoidal features of the position and shape fields (row, column, fan-in, fan-out,
+    tensors after), so no tensor size, width or depth overflows a table.
 
     Args:
         codebook_size: codes per ParamTokenizer codebook (K).
@@ -57,7 +59,9 @@ class ParamPriorConfig(PreTrainedConfig):
         condition_dim: width of the condition vectors (`ConditionEncoder.dim`).
         max_condition_tokens: most condition tokens one instruction may bring.
         num_condition_types: rows of the condition-type table (0 text, 1 architecture, 2+i class i).
-        num_kinds / max_tensors / max_chunks_per_tensor: structure table sizes (see above).
+        num_kinds / max_tensors / max_chunks_per_tensor: structure table sizes (see above; the last two are unused
+            by the factorised embedding).
+        structure_embedding: "tables" or "factorised" (see above).
         transformer: the decoder's transformers config, or its dict (needs `model_type`; default a small Llama);
             vocabulary, context and special ids are set from this config.
         max_position_embeddings: context length (prefix + BOS + codes).
@@ -93,6 +97,7 @@ class ParamPriorConfig(PreTrainedConfig):
         num_kinds: int = NUM_KINDS,
         max_tensors: int = 64,
         max_chunks_per_tensor: int = 4096,
+        structure_embedding: str = "tables",
         transformer: dict | PreTrainedConfig | None = None,
         max_position_embeddings: int = 1024,
         block_window: int | None = None,
@@ -121,6 +126,9 @@ class ParamPriorConfig(PreTrainedConfig):
         self.num_kinds = num_kinds
         self.max_tensors = max_tensors
         self.max_chunks_per_tensor = max_chunks_per_tensor
+        if structure_embedding not in ("tables", "factorised"):
+            raise ValueError(f"structure_embedding must be 'tables' or 'factorised', got {structure_embedding!r}.")
+        self.structure_embedding = structure_embedding
         self.transformer, decoder_vocab = self._decoder(transformer)
         self.max_position_embeddings = max_position_embeddings
         self.block_window = block_window

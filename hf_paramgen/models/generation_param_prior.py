@@ -123,7 +123,7 @@ class ParamPriorGenerationMixin:
 
     def _generate_block(self, cond: dict, prompt: torch.Tensor, structure: torch.Tensor, new: int, sampling: dict,
                         return_probs: bool = False):
-        """`new` codes after `[BOS] + prompt`; `structure` (w+new, 5) holds the absolute rows of prompt and new codes.
+        """`new` codes after `[BOS] + prompt`; `structure` (w+new, 10) holds the absolute rows of prompt and new codes.
 
         Returns the new codes (B, new), and with `return_probs` also their distributions (B, new, K).
         """

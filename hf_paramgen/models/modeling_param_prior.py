@@ -16,7 +16,7 @@ class by class, which is what lets a generated head follow a new label order (DE
 
 `input_ids` never contain the prefix: they are `[BOS, code_0 + code_offset, ...]`. Row `p` of
 `code_structure` describes the code **predicted** at position `p` (the target), i.e. code `p`:
-`(tensor_index, chunk_in_tensor, kind_id, slot, class_slot)`, so the prior always knows where in the network
+`STRUCTURE_FIELDS` (where it lies, and the shape of its tensor), so the prior always knows where in the network
 the next code lies, also in block-wise generation where positions in the decoder are relative.
 
 The structure rows and their embedding live in `code_structure`, whole-network generation
@@ -30,7 +30,7 @@ How the training collator builds a batch (`hf_paramgen.data.collate.PriorCollato
   by the position ids, so a row's result does not depend on its batch mates.
 * ``input_ids`` (b, 1+T_max): ``[BOS] + codes_to_input_ids(codes)``, right-padded with ``pad_token_id``;
   ``attention_mask`` (b, 1+T_max): 1 on real tokens.
-* ``code_structure`` (b, 1+T_max, 5): ``structure_for_layout(...)`` of the row's network (row p =
+* ``code_structure`` (b, 1+T_max, 10): ``structure_for_layout(...)`` of the row's network (row p =
   code p), one pad row (zeros) appended and right-padded with zeros.
 * ``labels`` (b, 1+T_max): ``input_ids`` with -100 on BOS and padding (shifted inside `forward`).
 * Networks longer than a block: crop a random window of ``codes[a:a+m]`` (structure rows ``a:a+m``
@@ -51,9 +51,12 @@ from ..hub.remote_code import RemoteCodeMixin
 from .code_structure import (  # noqa: F401  re-exported: callers import them from here
     NUM_STRUCTURE_FIELDS,
     STRUCTURE_FIELDS,
+    STRUCTURE_WIDTHS,
     CodeStructureEmbedding,
+    FactorisedStructureEmbedding,
     class_slots,
     head_tensors,
+    structure_embedding,
     structure_for_layout,
 )
 from .configuration_param_prior import ParamPriorConfig
@@ -78,7 +81,7 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
         hidden = int(self.decoder.config.hidden_size)
         self.condition_proj = nn.Sequential(nn.LayerNorm(config.condition_dim), nn.Linear(config.condition_dim, hidden))
         self.condition_type_embed = nn.Embedding(config.num_condition_types, hidden)
-        self.structure_embed = CodeStructureEmbedding(config, hidden)
+        self.structure_embed = structure_embedding(config, hidden)  # tables or factorised (code_structure)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
         if config.condition_injection:
             self.token_condition = nn.Linear(hidden, hidden)
@@ -161,7 +164,7 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
         mask = condition_mask.to(proj.dtype)[..., None]  # (b, n, 1)
         proj = proj * mask
         out = self.token_condition(proj.sum(1) / mask.sum(1).clamp(min=1))[:, None]  # (b, 1, h)
-        if code_structure is None or code_structure.shape[-1] < NUM_STRUCTURE_FIELDS:
+        if code_structure is None or code_structure.shape[-1] < 5:  # no class_slot field
             return out
         if condition_types is None:
             condition_types = torch.zeros(b, n, dtype=torch.long, device=proj.device)
@@ -195,8 +198,8 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
             input_ids: (b, q) `[BOS, codes + code_offset ...]`, or only the new ids when `cache` holds the past.
             condition_embeds / condition_types / condition_mask: (b, n_cond, d) / (b, n_cond) / (b, n_cond);
                 types default to 0 (text), the mask to all ones.
-            code_structure: (b, q, 5) (4 accepted: no class_slot), row p = structure of the code predicted at
-                position p.
+            code_structure: (b, q, 10) `STRUCTURE_FIELDS` (4 or 5 accepted: no shape fields), row p = structure of
+                the code predicted at position p.
             attention_mask: (b, past_ids + q) over `input_ids` only, or (b, n_cond + past_ids + q) including the prefix.
             labels: (b, q), -100 where ignored; shifted inside (position p predicts labels[p+1]).
             cache / past_key_values: a transformers `Cache` (`past_key_values` is the older name).
@@ -233,11 +236,12 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
             raise ValueError(f"input_ids must be (b, q), got {None if input_ids is None else tuple(input_ids.shape)}.")
         b, q = input_ids.shape
         if code_structure is not None and (
-            code_structure.ndim != 3 or code_structure.shape[:2] != (b, q) or code_structure.shape[2] not in (4, 5)
+            code_structure.ndim != 3 or code_structure.shape[:2] != (b, q)
+            or code_structure.shape[2] not in STRUCTURE_WIDTHS
         ):
             raise ValueError(
-                f"code_structure must be (b, q, {NUM_STRUCTURE_FIELDS})={(b, q, NUM_STRUCTURE_FIELDS)}, "
-                f"got {tuple(code_structure.shape)}."
+                f"code_structure must be (b, q, {NUM_STRUCTURE_FIELDS})={(b, q, NUM_STRUCTURE_FIELDS)} (or 4 / 5 "
+                f"fields), got {tuple(code_structure.shape)}."
             )
         if condition_embeds is not None and condition_embeds.shape[0] != b:
             raise ValueError(f"condition_embeds hold {condition_embeds.shape[0]} rows, input_ids {b}.")

@@ -35,7 +35,7 @@ from ..data.corpus import corpus_model_weights, load_corpus
 from ..data.encoding import cached_codes_usable, corpus_codes, param_tokenizer_fingerprint
 from ..generation.generator import ParamGenerator, check_compatible
 from ..layout.param_layout import ParamLayout
-from ..models.code_structure import structure_for_layout
+from ..models.code_structure import STRUCTURE_FIELDS, structure_for_layout
 from ..models.configuration_param_prior import ParamPriorConfig
 from ..models.modeling_param_prior import ParamPriorForCausalLM
 from ..models.modeling_param_tokenizer import ParamTokenizer
@@ -133,7 +133,7 @@ def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: Instr
                         sample_encoders: dict[str, SampleEncoder] | None = None,
                         max_condition_tokens: int | None = None, samples: SamplesProvider | None = None,
                         use_cached_codes: bool = True) -> Dataset:
-    """One row per model: `codes` (N*T,), `code_structure` (N*T, 5), `condition_embeds` (n, d),
+    """One row per model: `codes` (N*T,), `code_structure` (N*T, 10), `condition_embeds` (n, d),
     `condition_types` (n,), `architecture`, `split`, `model_id`.
 
     Args:
@@ -169,7 +169,7 @@ def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: Instr
             else:
                 weights, layout = corpus_model_weights(corpus, row["model_id"], row)
                 codes = param_tokenizer.encode(layout.unflatten(weights), layout).reshape(-1)  # (N*T,)
-            structure = structure_for_layout(layout, tok.chunk_size, tok.codes_per_chunk, tok.aggregation)  # (N*T, 5)
+            structure = structure_for_layout(layout, tok.chunk_size, tok.codes_per_chunk, tok.aggregation)  # (N*T, 10)
             if structure.shape[0] != codes.shape[0]:
                 raise ValueError(f"model {row['model_id']!r}: {codes.shape[0]} codes but its layout needs "
                                  f"{structure.shape[0]} (corpus encoded with other chunking?).")
@@ -184,12 +184,13 @@ def build_prior_dataset(corpus, param_tokenizer: ParamTokenizer, encoders: Instr
     return Dataset.from_dict(out)
 
 
-def layouts_of(corpus, architectures: list[str] | None = None) -> dict[str, str]:
-    """`<architecture>:<num outputs>` -> layout JSON of the corpus's models (`ParamLayout.output_size`)."""
+def layouts_of(corpus, architectures: list[str] | None = None, splits: tuple[str, ...] = ("train",)) -> dict[str, str]:
+    """`<architecture>:<num outputs>` -> layout JSON of the corpus's models of `splits` (`ParamLayout.output_size`):
+    the layouts the prior is trained on, never those of held-out architectures."""
     models = corpus["models"]
     layouts = {}
-    for arch, layout in zip(models["architecture"], models["layout"], strict=False):
-        if architectures is None or arch in architectures:
+    for arch, layout, split in zip(models["architecture"], models["layout"], models["split"], strict=True):
+        if (architectures is None or arch in architectures) and split in splits:
             size = ParamLayout.from_json(layout).output_size
             if size is None:
                 raise ValueError(f"architecture {arch!r} has no weight matrix, so no output size to name it by.")
@@ -218,7 +219,7 @@ def _prior_datasets(corpus, tokenizer, text, samplers, config, architectures, sa
     meta = {"corpus": hashlib.sha256(models).hexdigest(), "param_tokenizer": param_tokenizer_fingerprint(tokenizer),
             "text_encoder": text_encoder,
             "architectures": architectures, "samples": provider, "samplers": sorted(samplers),
-            "max_condition_tokens": config.max_condition_tokens}
+            "max_condition_tokens": config.max_condition_tokens, "structure_fields": list(STRUCTURE_FIELDS)}
     meta_file = cache / CACHE_FILE
     if meta_file.is_file() and json.loads(meta_file.read_text()) == meta:
         return {split: Dataset.load_from_disk(str(cache / split)) if (cache / split).is_dir() else None
@@ -320,6 +321,9 @@ class PriorScriptArguments:
     seed: int = 0
     keep_last: bool = field(default=False, metadata={
         "help": "save the last prior, not the one with the lowest validation loss"})
+    structure_embedding: str = field(default="factorised", metadata={
+        "help": "'factorised' (sinusoidal position and shape features: any tensor size, width or depth) or 'tables' "
+                "(learned tables, capped at max_tensors / max_chunks_per_tensor)"})
     condition_injection: bool = field(default=True, metadata={
         "help": "also condition every code token (--no_condition_injection: through the prefix only, as IGPG)"})
 
@@ -327,6 +331,7 @@ class PriorScriptArguments:
         """`ParamPriorConfig` fields these arguments set (a Llama decoder of `hidden_size` x `num_layers`)."""
         h = self.hidden_size
         return {"max_position_embeddings": self.context, "condition_injection": self.condition_injection,
+                "structure_embedding": self.structure_embedding,
                 "transformer": {**SMALL_DECODER, "hidden_size": h, "intermediate_size": 4 * h,
                                 "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
                                 "num_key_value_heads": self.num_heads}}
