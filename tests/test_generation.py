@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hf_paramgen.conditioning import SampleEncoder
+from hf_paramgen.generation.generation_targets import check_input_size
 from hf_paramgen.generation.generator import GenerationError, ParamGenerator
 from hf_paramgen.layout.param_layout import ParamLayout
 from hf_paramgen.models.configuration_param_prior import ParamPriorConfig
@@ -134,9 +135,18 @@ def test_samples_whose_classes_do_not_match_the_output_size_are_rejected(generat
     with pytest.raises(GenerationError,
                        match="3 output units: samples need labels exactly 0..2, got labels \\[0, 1, 2, 3\\]"):
         generator.generate(build_model(ARCH, 3), task.instruction, samples=(X, y))
-    with pytest.raises(GenerationError, match="samples have 10 features per input, but the target's first layer "
-                                              "'net.1.weight' takes 64"):
+    with pytest.raises(GenerationError, match=r"samples have 10 features per input, but the target reads inputs of "
+                                              r"shape \[64\] \(64 features\)"):
         generator.generate(build_model(ARCH, 4), task.instruction, samples=(torch.zeros(8, 10), y[:8]))
+    # a network that pools its 28x28 input before its 49-input first layer takes 784-feature samples, not 49
+    pooled = build_model("mlp-p4-16", 4)
+    layout = ParamLayout.from_module(pooled)
+    check_input_size(layout, (torch.zeros(8, 784), y[:8]), "samples", pooled)
+    with pytest.raises(GenerationError, match=r"samples have 49 features per input, but the target reads inputs of "
+                                              r"shape \[1, 28, 28\] \(784 features\)"):
+        check_input_size(layout, (torch.zeros(8, 49), y[:8]), "samples", pooled)
+    with pytest.raises(GenerationError, match="target's first layer 'net.2.weight' takes 49"):  # a bare layout
+        check_input_size(layout, (torch.zeros(8, 784), y[:8]), "samples")
     takes_10 = ZooNet(kind="mlp", input_shape=[10], hidden_sizes=[32], num_classes=4)
     with pytest.raises(GenerationError, match="No sample encoder takes 10 features"):
         generator.generate(takes_10, task.instruction, samples=(torch.zeros(8, 10), y[:8]))

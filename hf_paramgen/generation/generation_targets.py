@@ -5,6 +5,7 @@ building the generated weights into a model."""
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any
 
@@ -202,17 +203,26 @@ def _signature(layout: ParamLayout) -> list[tuple[str, tuple[int, ...]]]:
     return [(s.kind, tuple(s.shape)) for s in layout.specs if not s.is_buffer]
 
 
-def check_input_size(layout: ParamLayout, pair, name: str) -> None:
-    """Numeric inputs of `pair` must have as many features as a linear first layer of the target takes."""
+def check_input_size(layout: ParamLayout, pair, name: str, template=None) -> None:
+    """Numeric inputs of `pair` must have the target's input size: `template.input_shape` where the target model
+    declares one (e.g. a network that pools its input before its first layer), else what a linear first layer
+    takes."""
     if pair is None or layout.metadata.get("peft_type") or not isinstance(pair, (tuple, list)) or not len(pair):
         return
     X = pair[0]
     if is_texts(X) or not hasattr(X, "__len__") or not len(X):
         return
+    features = int(torch.as_tensor(X[0]).numel())
+    declared = getattr(template, "input_shape", None)
+    if declared is not None and all(isinstance(d, int) for d in declared):
+        expected = math.prod(declared)
+        if features != expected:
+            raise GenerationError(f"{name} have {features} features per input, but the target reads inputs of shape "
+                                  f"{list(declared)} ({expected} features): give inputs of the target's input size.")
+        return
     first = next((s for s in layout.specs if not s.is_buffer), None)
     if first is None or first.kind != "linear.weight" or len(first.shape) != 2:
         return
-    features = int(torch.as_tensor(X[0]).numel())
     if features != first.shape[1]:
         raise GenerationError(f"{name} have {features} features per input, but the target's first layer "
                               f"{first.name!r} takes {first.shape[1]}: give inputs of the target's input size.")

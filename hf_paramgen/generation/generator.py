@@ -299,7 +299,7 @@ class ParamGenerator:
         self.check_layout(layout)
         ood_reasons = self.check_in_distribution(layout, on_unseen_layout)
         for name, pair in (("samples", samples), ("validation", validation)):
-            check_input_size(layout, pair, name)
+            check_input_size(layout, pair, name, template)
         if validation is not None:
             validation = check_pair(validation, layout, "validation")
             if is_texts(validation[0]):

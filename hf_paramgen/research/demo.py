@@ -55,7 +55,9 @@ def run_demo(output_dir: str | Path, tokenizer_steps: int = 1500, prior_steps: i
 
         argv = ["--corpus", str(corpus_dir), "--param_tokenizer", str(tok_dir), "--output_dir", str(gen_dir),
                 "--sample_datasets", "mnist", "--max_steps", str(prior_steps), "--max_time_s", str(prior_seconds),
-                "--context", "1184", "--batch_size", "8", "--num_layers", "3", "--lr", "2e-3", "--warmup_steps", "50",
+                "--context", "1184", "--batch_size", "8", "--num_layers", "3",
+                "--structure_embedding", "tables",  # one architecture: the A/B-tested tables (README)
+                "--lr", "2e-3", "--warmup_steps", "50",
                 "--eval_every", "50", "--log_every", "25"]
         timed("prior", cli_train_prior, argv)
     results_path = out / "results.json"

@@ -40,7 +40,9 @@ from .zoo_plan import (
     SHARED_INIT_SEEDS,
     SPLIT_SEED,
     TASK_SPLIT_FRACTIONS,
+    heldout_architectures,
     init_schedule,
+    init_style,
     make_tasks,
     plan_checkpoints,
 )
@@ -55,9 +57,9 @@ from .zoo_train import (
 )
 
 __all__ = ["TRAINING_RECIPE", "HELDOUT_ARCHITECTURES", "PRESETS", "SHARED_INIT_SEEDS", "INIT_SCHEDULE",
-           "CHECKPOINT_SPLITS", "LAYOUT_FILE", "make_tasks", "init_schedule", "plan_checkpoints", "build_zoo",
-           "load_manifest", "load_checkpoint_model", "evaluate_accuracy", "train_model", "train_checkpoint",
-           "finetune", "task_from_dict", "cli_build_zoo"]
+           "CHECKPOINT_SPLITS", "LAYOUT_FILE", "make_tasks", "init_schedule", "init_style", "heldout_architectures",
+           "plan_checkpoints", "build_zoo", "load_manifest", "load_checkpoint_model", "evaluate_accuracy",
+           "train_model", "train_checkpoint", "finetune", "task_from_dict", "cli_build_zoo"]
 
 
 def load_manifest(zoo_dir: str | os.PathLike) -> dict:
@@ -118,10 +120,22 @@ def _summary(entries: list[dict]) -> dict:
     return out
 
 
+INIT_HOW = {
+    "default": "torch.manual_seed(init_seed); build_model(architecture, num_classes)",
+    "nested": "torch.manual_seed(init_seed); nested_init_(build_model(architecture, num_classes), init_seed): each "
+              "Linear/Conv2d is a slice [:out, :in] of a uniform(-1, 1) master (64, 64, *kernel) drawn from a "
+              "torch.Generator seeded by zlib.crc32('<init_seed>/hidden/<l>/<type>') (l-th layer from the input), "
+              "the head a slice [:k, :h] of a (10, 64) master, or after a CNN [:k, :C, :s, :s] of a "
+              "(10, 64, 16, 16) master reshaped channel-major ('<init_seed>/head/<vector|map>'); weight and bias "
+              "scaled by 1/sqrt(fan_in). A narrow net's unit i / channel c equals a wider one's up to that scale, "
+              "and head row i is the same for any number of classes.",
+}
+
+
 def _manifest(preset: str, tasks: list[dict], jobs: list[dict], output_dir: Path, run: dict) -> dict:
     done = [j for j in jobs if (output_dir / j["path"] / "README.md").is_file()]
     entries = [_read_entry(output_dir, j) for j in tqdm(done, desc="reading cards", unit="card", leave=False)]
-    archs = PRESETS[preset]["architectures"]
+    archs, held = PRESETS[preset]["architectures"], heldout_architectures(preset)
     return {
         "format": "hf_paramgen-model-zoo/1", "preset": preset,
         "data_splits": {d: split_info(d) for d in sorted({t["dataset"] for t in tasks})},
@@ -129,14 +143,15 @@ def _manifest(preset: str, tasks: list[dict], jobs: list[dict], output_dir: Path
         "init": {"schedule": list(init_schedule(preset)), "rule": "seed k uses schedule[k % len(schedule)]",
                  "shared_seeds": SHARED_INIT_SEEDS,
                  "independent_seed": "zlib.crc32('<task_id>/<architecture>/<seed>')",
-                 "how": "torch.manual_seed(init_seed); build_model(architecture, num_classes)"},
+                 "style": init_style(preset), "how": INIT_HOW[init_style(preset)]},
         "task_split": {"seed": SPLIT_SEED, "fractions_per_family": TASK_SPLIT_FRACTIONS},
         "checkpoint_splits": list(CHECKPOINT_SPLITS),
         "tasks": tasks,
         "architectures": {a: {"config": ARCHITECTURES[a], "dataset": ARCHITECTURE_DATASET[a], "seeds": s,
-                              "task_fraction": f, "heldout": a in HELDOUT_ARCHITECTURES}
+                              "task_fraction": f, "heldout": a in held}
                           for a, (s, f) in archs.items()},
-        "heldout_architectures": [a for a in archs if a in HELDOUT_ARCHITECTURES],
+        "heldout_architectures": [a for a in archs if a in held],
+        "heldout_dataset_tasks": [t["task_id"] for t in tasks if t["split"] == "heldout_dataset"],
         "heldout_tasks": [t["task_id"] for t in tasks if t["split"] == "heldout_task"],
         "heldout_classes": {d: list(c) for d, c in PRESETS[preset].get("heldout_classes", {}).items()},
         "heldout_class_tasks": [t["task_id"] for t in tasks if t["split"] == "heldout_class"],
@@ -175,7 +190,7 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
     Args:
         output_dir: the zoo folder (created if missing).
         preset: a name in `PRESETS`: "full" (>= 2,000 checkpoints), "shared" (one architecture, one shared init),
-            "demo", "tiny".
+            "demo", "generalise" (12 architectures, 6 held out, nested init), "tiny", "tiny-generalise".
         num_workers: training processes (1: in this process).
         limit: build only the first `limit` planned checkpoints.
 

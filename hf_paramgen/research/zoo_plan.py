@@ -6,6 +6,8 @@ two shared initialisations (`torch.manual_seed(SHARED_INIT_SEEDS[k])`, then buil
 are created before the head, so they match across tasks of any number of classes); seed k uses
 `INIT_SCHEDULE[k % 4]`, so seed 2 of every (task, architecture) pair starts from an independent
 initialisation (1 in 3 or 1 in 4 checkpoints, depending on the number of seeds; 31 % of "full").
+A preset with `"init_style": "nested"` builds each initialisation with `architectures.nested_init_` instead, so the
+same shared initialisation is one nested family of tensors across widths, depths and numbers of classes.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from .architectures import ARCHITECTURE_DATASET
 from .tasks import DATASETS, Task
 
 __all__ = ["SHARED_INIT_SEEDS", "INIT_SCHEDULE", "HELDOUT_ARCHITECTURES", "SPLIT_SEED", "TASK_SPLIT_FRACTIONS",
-           "CHECKPOINT_SPLITS", "PRESETS", "make_tasks", "init_schedule", "plan_checkpoints"]
+           "CHECKPOINT_SPLITS", "PRESETS", "make_tasks", "init_schedule", "init_style", "heldout_architectures",
+           "plan_checkpoints"]
 
 SHARED_INIT_SEEDS: dict[str, int] = {"shared-0": 1000, "shared-1": 2000}
 INIT_SCHEDULE = ("shared-0", "shared-1", "independent", "shared-0")  # init of seed k: INIT_SCHEDULE[k % 4]
-HELDOUT_ARCHITECTURES = ("mlp-784-48",)
+HELDOUT_ARCHITECTURES = ("mlp-784-48",)  # a preset's "heldout_architectures" overrides this
+GENERALISE_TRAIN_ARCHITECTURES = ("mlp-p4-16", "mlp-p4-32", "mlp-p4-16-16", "cnn-p2-8", "cnn-p2-4-8", "cnn-mnist")
+# widths between and beyond the training widths, and one layer deeper than any training network
+GENERALISE_HELDOUT_ARCHITECTURES = ("mlp-p4-24", "mlp-p4-48", "mlp-p4-16-16-16", "cnn-p2-6-12", "cnn-p2-12-24",
+                                    "cnn-p2-4-8-16")
 SPLIT_SEED = 0
 TASK_SPLIT_FRACTIONS = {"heldout_task": 0.15, "validation": 0.10}
 CHECKPOINT_SPLITS = MODEL_SPLITS  # the corpus's model splits
@@ -72,6 +79,27 @@ PRESETS: dict[str, dict] = {
         "heldout_class_tasks": 24,
         # horizontally flipped digits, a transform no other task uses: every task of this family is "heldout_dataset"
         "heldout_families": ("mnist-hflip",),
+    },
+    # one generator for many architectures: six trained architectures (MLPs and CNNs of several widths and depths,
+    # heads of 2-8 classes) from one nested shared initialisation; six held-out ones (checkpoints on ~12 % of the
+    # tasks each, evaluation only); unseen digits 8 and 9 and horizontally flipped digits as in "demo"
+    "generalise": {
+        "families": {"mnist-4class": ("mnist", (4,), "none", 300),
+                     "mnist-kclass": ("mnist", (2, 3, 5, 6, 7, 8), "none", 120),
+                     "mnist-hflip": ("mnist", (4,), "hflip", 30)},
+        "architectures": {**{a: (1, 1.0) for a in GENERALISE_TRAIN_ARCHITECTURES},
+                          **{a: (1, 0.12) for a in GENERALISE_HELDOUT_ARCHITECTURES}},
+        "heldout_architectures": GENERALISE_HELDOUT_ARCHITECTURES,
+        "inits": ("shared-0",), "init_style": "nested",
+        "heldout_classes": {"mnist": (8, 9)}, "heldout_class_tasks": 30, "heldout_families": ("mnist-hflip",),
+    },
+    # tests: the "generalise" recipe with two trained and one held-out architecture, every model split present
+    "tiny-generalise": {
+        "families": {"mnist-4class": ("mnist", (4,), "none", 3), "mnist-hflip": ("mnist", (4,), "hflip", 1)},
+        "architectures": {"mlp-p4-16": (1, 1.0), "cnn-p2-4-8": (1, 1.0), "mlp-p4-24": (1, 0.5)},
+        "heldout_architectures": ("mlp-p4-24",),
+        "inits": ("shared-0",), "init_style": "nested",
+        "heldout_classes": {"mnist": (8, 9)}, "heldout_class_tasks": 1, "heldout_families": ("mnist-hflip",),
     },
     "tiny": {
         "families": {"mnist-4class": ("mnist", (4,), "none", 3), "mnist-hflip": ("mnist", (4,), "hflip", 1),
@@ -144,21 +172,34 @@ def init_schedule(preset: str) -> tuple[str, ...]:
     return tuple(PRESETS[preset].get("inits", INIT_SCHEDULE))
 
 
+def init_style(preset: str) -> str:
+    """How a preset builds an initialisation: "default" (`torch.manual_seed(init_seed); build_model(...)`) or
+    "nested" (`architectures.nested_init_`)."""
+    return PRESETS[preset].get("init_style", "default")
+
+
+def heldout_architectures(preset: str) -> tuple[str, ...]:
+    """Architectures whose checkpoints are all "heldout_architecture" (the preset's, default
+    `HELDOUT_ARCHITECTURES`)."""
+    return tuple(PRESETS[preset].get("heldout_architectures", HELDOUT_ARCHITECTURES))
+
+
 def plan_checkpoints(tasks: list[dict], preset: str = "full") -> list[dict]:
     """One job per (task, architecture, seed): ids, paths, init and split, in a fixed order."""
-    jobs, schedule = [], init_schedule(preset)
+    jobs, schedule, style, held = [], init_schedule(preset), init_style(preset), heldout_architectures(preset)
     for task in tasks:
         for arch, (seeds, fraction) in PRESETS[preset]["architectures"].items():
             if ARCHITECTURE_DATASET[arch] != task["dataset"]:
                 continue
             if fraction < 1.0 and _stable_int(arch, task["task_id"]) % 1000 >= fraction * 1000:
                 continue
-            split = "heldout_architecture" if arch in HELDOUT_ARCHITECTURES else task["split"]
+            split = "heldout_architecture" if arch in held else task["split"]
             for seed in range(seeds):
                 init = schedule[seed % len(schedule)]
                 init_seed = SHARED_INIT_SEEDS.get(init, _stable_int(task["task_id"], arch, seed))
                 jobs.append({"id": f"{task['task_id']}--{arch}--seed{seed}",
                              "path": f"checkpoints/{arch}/{task['task_id']}--seed{seed}", "task": task,
-                             "architecture": arch, "seed": seed, "init": init, "init_seed": init_seed, "split": split})
+                             "architecture": arch, "seed": seed, "init": init, "init_seed": init_seed,
+                             "init_style": style, "split": split})
     return jobs
 

@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from ..data.checkpoints import LAYOUT_FILE  # a checkpoint's `ParamLayout`: what corpora read
 from ..layout.param_layout import ParamLayout
 from ..utils import accuracy, replace_dir, temporary_sibling
-from .architectures import ZooNet, build_model
+from .architectures import ZooNet, initial_model
 from .tasks import Task, load_task_split, task_from_dict
 
 __all__ = ["TRAINING_RECIPE", "LAYOUT_FILE", "train_model", "evaluate_accuracy", "finetune", "train_checkpoint",
@@ -149,19 +149,21 @@ def _checkpoint_card(job: dict, metadata: dict) -> ModelCard:
 
 def train_checkpoint(job: dict, output_dir: str | os.PathLike) -> dict:
     """Train one planned checkpoint and write its folder atomically (a temporary sibling folder, then `os.replace`):
-    `config.json`, `model.safetensors`, `param_layout.json` (`LAYOUT_FILE`) and the card `README.md`."""
+    `config.json`, `model.safetensors`, `param_layout.json` (`LAYOUT_FILE`) and the card `README.md`.
+
+    The job starts from `initial_model(architecture, num_classes, init_seed, job.get("init_style", "default"))`."""
     final = Path(output_dir) / job["path"]
     task = task_from_dict(job["task"])
     start = time.perf_counter()
-    torch.manual_seed(job["init_seed"])
-    model = build_model(job["architecture"], task.num_classes)
+    style = job.get("init_style", "default")
+    model = initial_model(job["architecture"], task.num_classes, job["init_seed"], style)
     train_model(model, task, seed=job["seed"])
     seconds = time.perf_counter() - start
     metadata = {
         "task_id": task.task_id, "instruction": task.task_text, "dataset": task.dataset,
         "classes": list(task.classes), "transform": task.transform, "num_classes": task.num_classes,
         "family": job["task"].get("family"), "architecture": job["architecture"], "seed": job["seed"],
-        "init": job["init"], "init_seed": job["init_seed"],
+        "init": job["init"], "init_seed": job["init_seed"], "init_style": style,
         "training_recipe": {**TRAINING_RECIPE, "epochs": TRAINING_RECIPE["epochs"][task.dataset]},
         "val_accuracy": round(evaluate_accuracy(model, task, "validation"), 5),
         "test_accuracy": round(evaluate_accuracy(model, task, "test"), 5),

@@ -195,19 +195,42 @@ def class_row_composition_candidates(cache: BaselineCache, arch: str, task: Task
     return out
 
 
+def _init_bodies(cache: BaselineCache, arch: str, task: Task, k: int) -> list[StateDict]:
+    """For an architecture with no training-split checkpoint (a held-out architecture): its untrained networks
+    of the zoo's shared initialisations (`ZooIndex.initial_state_dict`, e.g. nested shared-0), up to k."""
+    if cache.zoo.checkpoints(arch, "train"):
+        return []
+    return [cache.zoo.initial_state_dict(arch, task.num_classes, init) for init in sorted(cache.zoo.shared_inits)[:k]]
+
+
 @torch.no_grad()
 def prototype_head_candidates(cache: BaselineCache, arch: str, task: Task, k: int,
                               per_class: int = 5) -> list[StateDict]:
     """Up to k nets: a training checkpoint's body with its head set to the nearest class mean of the same few-shot
     samples the generator gets, in that body's feature space (row i = mean feature of class i, bias
-    -||mean||^2 / 2): no learning, and it needs no training task with the class."""
+    -||mean||^2 / 2): no learning, and it needs no training task with the class.
+
+    An architecture with no training checkpoint at all (a held-out architecture) has no trained body: its body is
+    then the untrained network of the zoo's shared initialisation (random features of e.g. the nested shared-0
+    init, `ZooIndex.initial_state_dict`) with the same class-mean head (`prototype_head_note` says so).
+    """
     heads = head_names(arch, task.num_classes)
     X, y = few_shot_samples(task, per_class=per_class, split="train")
+    bodies = [cache.zoo.state_dict(body) for body in _bodies_by_overlap(cache, arch, task, k, same_transform=False)]
     out = []
-    for body in _bodies_by_overlap(cache, arch, task, k, same_transform=False):  # a new transform has no body
-        state_dict = cache.zoo.state_dict(body)
+    for state_dict in bodies or _init_bodies(cache, arch, task, k):  # a new transform has no body of its own
         model = make_model(arch, task.num_classes, state_dict)
         features = model.net[:-1](torch.as_tensor(X).reshape(len(X), *model.input_shape)).float()  # (n, h)
         means = torch.stack([features[torch.as_tensor(y) == i].mean(0) for i in range(task.num_classes)])
         out.append({**state_dict, heads[0]: means, heads[1]: -0.5 * means.pow(2).sum(1)})
     return out
+
+
+def prototype_head_note(cache: BaselineCache, arch: str) -> str | None:
+    """The note for `prototype_head` where its body is an untrained initial network (no training checkpoint of
+    `arch`); None where it comes from training checkpoints."""
+    if cache.zoo.checkpoints(arch, "train"):
+        return None
+    return (f"no training checkpoint of {arch} (held-out architecture): body = its untrained "
+            f"{cache.zoo.init_style} {'/'.join(sorted(cache.zoo.shared_inits)) or '(none)'} initial network "
+            "(random features), head = class means of the few-shot samples, no learning")

@@ -11,7 +11,7 @@ import torch
 from ...utils import atomic_write_json
 from ..tasks import task_from_dict
 from ..zoo import load_manifest
-from .report import format_architecture_table, format_table, plot_curves
+from .report import check_targets, format_architecture_table, format_table, format_targets, plot_curves
 from .runner import evaluate_generator
 from .speed import GenerationTimer, batch_throughput, compute_floor_ratio, generator_fn, prior_size
 from .zoo_index import ConditionFn, hashing_condition_fn
@@ -108,9 +108,23 @@ def add_speed(result: dict, args: argparse.Namespace, gen_fn: GenerationTimer | 
     result["generation"]["keys"] = BATCHED_KEYS_NOTE
 
 
+def architecture_counts(generator, args: argparse.Namespace, heldout: list[str]) -> dict:
+    """`num_architectures_trained` (architectures in the prior's `layouts`; the evaluated ones without a generator)
+    and `num_architectures_heldout` (evaluated architectures the generator was not trained on)."""
+    known = (sorted({name.rsplit(":", 1)[0] for name in (generator.prior.config.layouts or {})})
+             if generator is not None else sorted(args.architectures))
+    return {"num_architectures_trained": len(known), "architectures_trained": known,
+            "num_architectures_heldout": len([a for a in heldout if a not in known]),
+            "architectures_heldout": [a for a in heldout if a not in known]}
+
+
 def print_report(result: dict) -> None:
     print(format_table(result))
     print(format_architecture_table(result))
+    if result.get("targets"):
+        print(format_targets(result["targets"]))
+    print(f"architectures: {result.get('num_architectures_trained')} trained, "
+          f"{result.get('num_architectures_heldout')} held out")
     batched = (f"  (batch {result['batched_generation']['batch']}; k-candidate calls: "
                f"{result['tokens_per_second_k']:.0f} tokens/s, ratio {result['compute_floor_ratio_k']:.3f})"
                if "batched_generation" in result else "")
@@ -141,6 +155,9 @@ def cli_evaluate(argv: list[str]) -> int:
         result["settings"]["generation"] = {"decoding": args.decoding, "temperature": args.temperature,
                                             "top_k": args.top_k}
     add_speed(result, args, gen_fn, generator)
+    result.update(architecture_counts(generator, args, result["settings"]["heldout_architectures"]))
+    if gen_fn is not None:
+        result["targets"] = check_targets(result)
     result["command"] = "hf-paramgen evaluate " + " ".join(argv)
     print_report(result)
     if args.json:

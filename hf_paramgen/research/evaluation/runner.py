@@ -18,6 +18,7 @@ from .baselines import (
     class_row_composition_candidates,
     permuted_retrieval_candidates,
     prototype_head_candidates,
+    prototype_head_note,
     ridge_state_dict,
     steps_ratio,
 )
@@ -131,11 +132,15 @@ class _Row:
                 ("prototype_head", prototype_head_candidates, "no training checkpoint of this output size")):
             candidates = candidates_fn(self.cache, self.arch, self.task, self.opts["k"])
             if not candidates:
+                if not self.cache.zoo.checkpoints(self.arch, "train"):
+                    missing = "no training checkpoint of this architecture (held-out architecture)"
                 self.values[name], self.notes[name] = None, f"{missing} ({self.arch}, {self.task.task_id})"
                 continue
             models = [self.model(sd, name) for sd in candidates]
             best, _ = select_best(models, self.task)
             self.values[name] = self.test(models[best])
+            if name == "prototype_head" and (note := prototype_head_note(self.cache, self.arch)):
+                self.notes[name] = note
 
     def linear_hypernetwork(self) -> None:
         ridge = self.cache.ridge(self.arch, self.task)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..architectures import build_model
+from ..architectures import build_model, initial_model
 from ..tasks import Task, few_shot_samples, task_from_dict
 from ..zoo import evaluate_accuracy, load_manifest
 
@@ -40,6 +40,10 @@ class ZooIndex:
         self.tasks = {t["task_id"]: task_from_dict(t) for t in self.manifest["tasks"]}
         self.task_split = {t["task_id"]: t["split"] for t in self.manifest["tasks"]}
         self.entries = self.manifest["checkpoints"]
+        init = self.manifest.get("init", {})
+        self.init_style: str = init.get("style", "default")  # manifests before nested init: "default"
+        self.shared_inits: dict[str, int] = {i: init.get("shared_seeds", {})[i] for i in init.get("schedule", ())
+                                             if i in init.get("shared_seeds", {})}  # shared inits the zoo used
         self._weights: dict[str, StateDict] = {}
 
     def checkpoints(self, architecture: str, split: str | None = None, task_id: str | None = None,
@@ -48,6 +52,15 @@ class ZooIndex:
         wanted = {"split": split, "task_id": task_id, "num_classes": num_classes, "init": init}
         return [e for e in self.entries if e["architecture"] == architecture
                 and all(v is None or e[k] == v for k, v in wanted.items())]
+
+    def initial_state_dict(self, architecture: str, num_classes: int, init: str = "shared-0") -> StateDict:
+        """The untrained weights the zoo's shared initialisation `init` gives `architecture` (the zoo's init style:
+        `architectures.initial_model`), also for an architecture with no checkpoints (held out)."""
+        if init not in self.shared_inits:
+            raise KeyError(f"Shared initialisation {init!r} is not used by this zoo; expected one of "
+                           f"{sorted(self.shared_inits)}.")
+        model = initial_model(architecture, num_classes, self.shared_inits[init], self.init_style)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def state_dict(self, entry: dict) -> StateDict:
         """The weights of one manifest entry (cached)."""
