@@ -9,6 +9,10 @@ NDJSON commit endpoint, the Git LFS batch API (basic PUT transfer + verify) and 
 Storage is on disk: content-addressed blobs (`blobs/<sha256>`) and, per repo, one JSON file map per
 commit (`repos/<type>/<ns>/<name>/commits/<sha>.json`) plus `repo.json` holding the refs.
 
+Safety: it binds a loopback address only (127.0.0.1 by default; anything else is refused), answers 400 to repo
+names, file paths, LFS oids and ref names that could leave its storage folder (`..` or `.` parts, absolute paths,
+backslashes, control characters), and 413 to a request body larger than `max_body_bytes` (1 GiB by default).
+
     python -m hub_emulator --port 8765 --storage outputs/hub
     HF_ENDPOINT=http://127.0.0.1:8765 HF_HUB_DISABLE_XET=1 python my_script.py
 """
@@ -20,6 +24,7 @@ import base64
 import contextlib
 import fnmatch
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -42,6 +47,8 @@ LFS_PATTERNS = (
 ).split()
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_OID_RE = re.compile(r"[0-9a-f]{64}")
+MAX_BODY_BYTES = 1 << 30  # requests with a larger body are answered 413
 
 
 class HubError(Exception):
@@ -62,6 +69,40 @@ def _git_oid(data: bytes) -> str:
 
 def _lfs_pointer(sha256: str, size: int) -> bytes:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def _check_name(value: str, what: str = "repo name") -> str:
+    """A namespace or repo name as the Hub allows it (no `..`, `--`, '/' or leading dot), else 400."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value or "--" in value:
+        raise HubError(400, f"Invalid {what} {value!r}: expected letters, digits, '-', '_', '.' (no '..' or '--').")
+    return value
+
+
+def _check_path(path: str, what: str = "path") -> str:
+    """A repo file path: '/'-separated, relative, no empty, `.` or `..` part, no backslash or control character."""
+    bad = (not isinstance(path, str) or not path or path.startswith("/") or "\\" in path
+           or any(ord(c) < 32 for c in path) or any(part in ("", ".", "..") for part in path.split("/")))
+    if bad:
+        raise HubError(400, f"Invalid {what} {path!r}: expected a relative path inside the repo (no '..', '.', empty "
+                            "or absolute parts, no backslash).")
+    return path
+
+
+def _check_ref(ref: str) -> str:
+    """A branch or tag name: a path without `..`/`.`/empty parts (as git refuses them)."""
+    return _check_path(ref, "reference name")
+
+
+def _check_host(host: str) -> str:
+    """The emulator serves the loopback interface only: `host` must be 'localhost' or a 127.x.x.x address."""
+    try:
+        loopback = host == "localhost" or ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"The Hub emulator binds a loopback address only (127.0.0.1 or localhost), got host={host!r}: "
+                         "it has no authentication and must not be reachable from other machines.")
+    return "127.0.0.1" if host == "localhost" else host
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -97,10 +138,15 @@ class HubStorage:
         """Store a streamed upload under its sha256; raise if it differs from `expected_sha256`."""
         digest, size = hashlib.sha256(), 0
         with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
+            try:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+            except BaseException:  # too large or cut short: leave no temporary file behind
+                f.close()
+                os.unlink(f.name)
+                raise
         if digest.hexdigest() != expected_sha256:
             os.unlink(f.name)
             raise HubError(400, f"Uploaded content has sha256 {digest.hexdigest()}, expected {expected_sha256}.")
@@ -321,20 +367,39 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _iter_body(self) -> Iterator[bytes]:
         """The request body in pieces (Content-Length or chunked transfer encoding)."""
         self._body_read = True
+        limit = self.server.max_body_bytes
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            total = 0
             while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                total += size
+                if total > limit:
+                    self._too_large(f"more than {limit}")
                 yield self.rfile.read(size)
                 self.rfile.readline()
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
                 pass
             return
-        left = int(self.headers.get("Content-Length") or 0)
+        try:
+            left = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            left = -1
+        if left < 0:
+            self.close_connection = True
+            raise HubError(400, f"Invalid Content-Length {self.headers.get('Content-Length')!r}.")
+        if left > limit:
+            self._too_large(str(left))
         while left > 0:
             chunk = self.rfile.read(min(left, 1 << 20))
             if not chunk:
                 raise HubError(400, "Request body ended early.")
             left -= len(chunk)
             yield chunk
+
+    def _too_large(self, size: str) -> None:
+        """413 for a body over `max_body_bytes`; the connection is closed (the rest of the body is not read)."""
+        self.close_connection = True
+        raise HubError(413, f"Request body of {size} bytes is larger than this server's limit of "
+                            f"{self.server.max_body_bytes} bytes (max_body_bytes).", "PayloadTooLarge")
 
     def _body(self) -> bytes:
         return b"".join(self._iter_body())
@@ -370,7 +435,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _repo(self, t: str | None, ns: str, name: str) -> dict:
         """Repo record; `t` is the URL's "models"/"datasets"/"spaces" (None for a model resolve URL)."""
-        return self.server.storage.load_repo((t or "models")[:-1], f"{ns}/{name}")
+        repo_id = f"{_check_name(ns, 'namespace')}/{_check_name(name)}"
+        return self.server.storage.load_repo((t or "models")[:-1], repo_id)
 
     def _repo_url(self, repo: dict) -> str:
         return f"{self.base_url}/{URL_PREFIX[repo['type']]}{repo['id']}"
@@ -406,7 +472,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def h_delete_repo(self) -> None:
         body = self._json_body()
         repo_type = body.get("type") or "model"
-        repo = self.server.storage.load_repo(repo_type, f"{body.get('organization') or DEFAULT_USER}/{body['name']}")
+        if repo_type not in URL_PREFIX:
+            raise HubError(400, f"Invalid repo type {repo_type!r}: expected one of {sorted(URL_PREFIX)}.")
+        org = _check_name(body.get("organization") or DEFAULT_USER, "namespace")
+        repo = self.server.storage.load_repo(repo_type, f"{org}/{_check_name(body.get('name', ''))}")
         with self.server.storage.lock:
             path = self.server.storage.repo_dir(repo_type, repo["id"])
             os.replace(path, self.server.storage.root / "tmp" / f"deleted-{time.time_ns()}")
@@ -453,7 +522,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def h_tree(self, t: str, ns: str, name: str, rev: str, path: str = "") -> None:
         repo = self._repo(t, ns, name)
         sha, files = self._files(repo, rev)
-        path = path.strip("/")
+        path = _check_path(path.strip("/")) if path.strip("/") else ""
         prefix = f"{path}/" if path else ""
         below = [p[len(prefix):] for p in files if p.startswith(prefix)]
         if path and not below:
@@ -474,7 +543,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         form = parse_qs(self._body().decode())
         sha, files = self._files(repo, rev)
         expand = form.get("expand", ["false"])[-1].lower() in ("1", "true")
-        self._json(self._listing(repo, sha, files, [p.strip("/") for p in form.get("paths", [])], expand))
+        self._json(self._listing(repo, sha, files, [_check_path(p.strip("/")) for p in form.get("paths", [])], expand))
 
     def h_refs(self, t: str, ns: str, name: str) -> None:
         repo = self._repo(t, ns, name)
@@ -499,6 +568,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self._set_ref(self._repo(t, ns, name), "tags", self._json_body()["tag"], rev)
 
     def _set_ref(self, repo: dict, kind: str, ref: str, target: str) -> None:
+        _check_ref(ref)
         storage = self.server.storage
         with storage.lock:
             repo = storage.load_repo(repo["type"], repo["id"])
@@ -530,7 +600,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     if "filter=lfs" in line]
         out = []
         for item in body.get("files", []):
-            path, sample = item["path"], base64.b64decode(item.get("sample", ""))
+            path, sample = _check_path(item["path"]), base64.b64decode(item.get("sample", ""))
             lfs = (item.get("size", 0) >= self.server.lfs_threshold or b"\0" in sample
                    or any(fnmatch.fnmatch(path.rsplit("/", 1)[-1], p) or fnmatch.fnmatch(path, p) for p in patterns))
             entry = files.get(path)
@@ -547,6 +617,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         objects = []
         for obj in body.get("objects", []):
             oid, size = obj["oid"], int(obj["size"])
+            if not isinstance(oid, str) or not _OID_RE.fullmatch(oid):
+                raise HubError(400, f"Invalid LFS oid {oid!r}: expected 64 lowercase hex digits (sha256).")
             item: dict = {"oid": oid, "size": size, "authenticated": True}
             if not self.server.storage.blob_path(oid).exists():
                 href = f"{self.base_url}/_emulator/lfs/{oid}"
@@ -577,11 +649,15 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 continue
             item = json.loads(line)
             key, value = item["key"], item["value"]
+            if key != "header":
+                _check_path(str(value.get("path", "")).rstrip("/") if key == "deletedFolder" else value.get("path"))
             if key == "header":
                 header = value
             elif key == "file":
                 ops.append(("file", value["path"], base64.b64decode(value["content"])))
             elif key == "lfsFile":
+                if not isinstance(value.get("oid"), str) or not _OID_RE.fullmatch(value["oid"]):
+                    raise HubError(400, f"Invalid LFS oid {value.get('oid')!r} for {value['path']!r}: expected sha256.")
                 if not self.server.storage.blob_path(value["oid"]).exists():
                     raise HubError(422, f"LFS object {value['oid']} for {value['path']!r} was never uploaded.")
                 ops.append(("lfsFile", value["path"], value["oid"]))
@@ -598,6 +674,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     # --- downloads -------------------------------------------------------------------------------
     def h_resolve(self, ns: str, name: str, rev: str, path: str, t: str | None = None) -> None:
+        _check_path(path)
         repo = self._repo(t, ns, name)
         sha, files = self._files(repo, rev)
         entry = files.get(path)
@@ -635,26 +712,30 @@ class HubEmulatorServer(ThreadingHTTPServer):
     request_queue_size = 128  # clients open many connections at once (parallel downloads); 5 drops some under load
 
     def __init__(self, address: tuple[str, int], storage: HubStorage, lfs_threshold: int = LFS_THRESHOLD,
-                 verbose: bool = False):
-        super().__init__(address, HubRequestHandler)
+                 verbose: bool = False, max_body_bytes: int = MAX_BODY_BYTES):
+        super().__init__((_check_host(address[0]), address[1]), HubRequestHandler)
         self.storage, self.lfs_threshold, self.verbose = storage, lfs_threshold, verbose
+        self.max_body_bytes = int(max_body_bytes)
 
 
 def start_hub_emulator(storage_dir: str | os.PathLike, port: int = 0, host: str = "127.0.0.1",
-                       lfs_threshold: int = LFS_THRESHOLD, verbose: bool = False) -> tuple[str, Callable[[], None]]:
+                       lfs_threshold: int = LFS_THRESHOLD, verbose: bool = False,
+                       max_body_bytes: int = MAX_BODY_BYTES) -> tuple[str, Callable[[], None]]:
     """Serve a Hub emulator from a background thread.
 
     Args:
         storage_dir: folder holding blobs, repos and commits (created; reused if it has content).
         port: TCP port; 0 picks a free one.
-        host: interface to bind (loopback by default).
+        host: loopback interface to bind ("127.0.0.1", another 127.x.x.x address or "localhost"); any other
+            address raises `ValueError` (the emulator has no authentication).
         lfs_threshold: files at least this large go through LFS (besides `.gitattributes` patterns).
         verbose: log every request to stderr.
+        max_body_bytes: larger request bodies are answered 413 (default 1 GiB).
 
     Returns:
         (endpoint URL for `HF_ENDPOINT`, a function that stops the server).
     """
-    server = HubEmulatorServer((host, port), HubStorage(storage_dir), lfs_threshold, verbose)
+    server = HubEmulatorServer((host, port), HubStorage(storage_dir), lfs_threshold, verbose, max_body_bytes)
     thread = threading.Thread(target=server.serve_forever, name="hub-emulator", daemon=True)
     thread.start()
 
@@ -663,7 +744,7 @@ def start_hub_emulator(storage_dir: str | os.PathLike, port: int = 0, host: str 
         server.server_close()
         thread.join(timeout=5)
 
-    return f"http://{host}:{server.server_address[1]}", stop
+    return f"http://{server.server_address[0]}:{server.server_address[1]}", stop
 
 
 @contextlib.contextmanager
@@ -680,14 +761,16 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hub_emulator --port N --storage DIR`: serve until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address (others are refused)")
     parser.add_argument("--storage", required=True, help="folder for blobs, repos and commits")
     parser.add_argument("--lfs-threshold", type=int, default=LFS_THRESHOLD)
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    server = HubEmulatorServer((args.host, args.port), HubStorage(args.storage), args.lfs_threshold, args.verbose)
-    print(f"Hub emulator on http://{args.host}:{server.server_address[1]} (storage: {args.storage}); set "
-          f"HF_ENDPOINT=http://{args.host}:{server.server_address[1]} HF_HUB_DISABLE_XET=1", flush=True)
+    server = HubEmulatorServer((args.host, args.port), HubStorage(args.storage), args.lfs_threshold, args.verbose,
+                               args.max_body_bytes)
+    url = "http://{}:{}".format(*server.server_address[:2])
+    print(f"Hub emulator on {url} (storage: {args.storage}); set HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from ..layout.param_layout import LayoutError, ParamLayout
+from ..utils import check_hub_id, check_revision, looks_like_path
 
 LAYOUT_FILE = "param_layout.json"
 LAYOUT_PLUGIN_GROUP = "hf_paramgen.checkpoint_layouts"
 ADAPTER_CONFIG, ADAPTER_INFO = "adapter_config.json", "adapter_info.json"  # PEFT adapter folders (hf_paramgen.adapters)
 SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.bin", "README.md"]  # what a checkpoint needs from a repo
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
 
 class CorpusError(ValueError):
@@ -281,13 +281,20 @@ def resolve_sources(sources: list[str], splits: list[str] | None = None) -> list
             resolved += zoo_sources(path)
         elif path.is_dir():
             resolved.append(Source(path.resolve().name, path.resolve(), str(path.resolve())))
-        elif _REPO_ID.match(src):
+        elif looks_like_path(src.partition("@")[0]) or "/" not in src.partition("@")[0]:
+            raise CorpusError(f"Source {src!r} is neither an existing folder nor a Hub repo id 'org/name[@revision]' "
+                              f"(no such folder: {path.expanduser().resolve()}); expected a checkpoint folder, a zoo "
+                              "dir or a Hub repo id.")
+        else:
             repo_id, _, revision = src.partition("@")
+            try:  # a user-given id or revision must not lead outside the HF cache
+                check_hub_id(repo_id, f"Source {src!r} is no existing folder, and its repo id")
+                check_revision(revision or None, f"The revision of {src!r}")
+            except ValueError as err:
+                raise CorpusError(str(err)) from err
             snapshot = _fetch(repo_id, revision or None)
             sha = snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else (revision or "")
             resolved.append(Source(src, snapshot, src, repo_id, sha))
-        else:
-            raise CorpusError(f"Source {src!r} is neither an existing folder nor a Hub repo id 'org/name[@revision]'.")
     ids = [s.model_id for s in resolved]
     dups = sorted({i for i in ids if ids.count(i) > 1})
     if dups:

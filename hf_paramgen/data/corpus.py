@@ -27,7 +27,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value
 
 from ..layout.chunking import AGGREGATIONS, chunk
 from ..layout.param_layout import ParamLayout
-from ..utils import replace_dir, temporary_sibling
+from ..utils import check_hub_id, check_revision, replace_dir, temporary_sibling
 from .checkpoints import CorpusError, Source, load_checkpoint, resolve_sources
 
 CHUNK_COLUMNS = ("model_id", "chunk_index", "tensor_index", "chunk_in_tensor", "kind_id", "scale", "num_valid", "split")
@@ -254,12 +254,22 @@ def corpus_card(corpus: DatasetDict, config: dict):
     return render_card(read_template("weight_corpus.md"), card_data, repo_type="dataset", **ctx)
 
 
+def _check_hub_target(repo_id: str, revision: str | None) -> None:
+    """A corpus repo id and revision that cannot name a path outside the Hub cache (`CorpusError` otherwise)."""
+    try:
+        check_hub_id(repo_id, "Corpus repo id")
+        check_revision(revision)
+    except ValueError as err:
+        raise CorpusError(str(err)) from None
+
+
 def load_corpus(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> DatasetDict:
     """A corpus from a `build_corpus` folder, or from a Hub dataset repo with configs "chunks" and "models"."""
     from datasets import load_dataset, load_from_disk
 
     if Path(path_or_repo_id).exists():
         return load_from_disk(str(path_or_repo_id))
+    _check_hub_target(str(path_or_repo_id), revision)
     return DatasetDict(
         {name: load_dataset(str(path_or_repo_id), name, split="train", revision=revision)
          for name in ("chunks", "models")}
@@ -278,6 +288,7 @@ def push_corpus(corpus: DatasetDict | str | os.PathLike, repo_id: str, *, revisi
     """
     from huggingface_hub import DatasetCard, HfApi, hf_hub_download
 
+    _check_hub_target(repo_id, revision)
     if not isinstance(corpus, DatasetDict):
         folder = Path(corpus)
         card = card or DatasetCard.load(folder / "README.md")

@@ -26,15 +26,58 @@ def is_texts(X) -> bool:
     return isinstance(X, (list, tuple)) and len(X) > 0 and all(isinstance(x, str) for x in X)
 
 
-def check_pair(samples, layout: ParamLayout, name: str) -> tuple[Any, torch.Tensor]:
-    """`(X, y)` with as many labels as inputs, labels below the target's output units."""
+def check_finite(X: torch.Tensor, name: str) -> None:
+    """`GenerationError` when float inputs hold NaN or Inf (in float32, as the encoders and the target read them)."""
+    bad = ~torch.isfinite(X)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        raise GenerationError(f"{name} X holds {n} non-finite value{'s' * (n > 1)} (NaN or Inf, or beyond the float32 "
+                              f"range) among {X.numel()}; expected finite numbers: clean or drop those inputs.")
+
+
+def _describe(obj) -> str:
+    shape = getattr(obj, "shape", None)
+    if shape is not None:
+        return f"a {type(obj).__name__} of shape {tuple(shape)}"
+    return f"a {type(obj).__name__} of length {len(obj)}" if isinstance(obj, (tuple, list)) else type(obj).__name__
+
+
+def check_pair(samples, layout: ParamLayout | None, name: str) -> tuple[Any, torch.Tensor]:
+    """`(X, y)`: inputs (numeric, finite, at least one) or texts, and as many integer labels (>= 0, below the
+    output units of `layout` when given). Raises `TypeError` for anything but a pair, `ValueError`
+    (`GenerationError` for NaN/Inf inputs) naming what was expected and what was received."""
     if not (isinstance(samples, (tuple, list)) and len(samples) == 2):
-        raise TypeError(f"{name} must be a pair (X, y), got {type(samples).__name__}.")
+        raise TypeError(f"{name} must be a pair (X, y) of inputs and their labels, got {_describe(samples)}: pass "
+                        f"{name}=(X, y).")
     X, y = samples
-    y = torch.as_tensor(y).long().reshape(-1)
+    if X is None or y is None:
+        raise TypeError(f"{name} must be a pair (X, y) of inputs and their labels, got X={_describe(X)} and "
+                        f"y={_describe(y)}: give both.")
+    if not is_texts(X):
+        try:
+            values = torch.as_tensor(X).float() if not isinstance(X, torch.Tensor) else X.detach().float()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} X must be numeric inputs (n, ...) (a tensor or an array) or a list of texts, "
+                            f"got {_describe(X)} ({err}).") from err
+        if values.ndim == 0 or values.shape[0] == 0:
+            raise ValueError(f"{name} X must hold at least one input (n, ...), got {_describe(X)}.")
+        check_finite(values, name)
+    try:
+        y = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} y must be integer labels (n,), got {_describe(y)} ({err}).") from err
+    if y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all()):
+        raise ValueError(f"{name} y must be integer class labels, got non-integer values such as "
+                         f"{y[~(torch.isfinite(y) & (y == y.round()))].flatten()[0].item()}: pass {name}=(X, y) with "
+                         "y the labels.")
+    if y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} y must be integer class labels, got {y.dtype}.")
+    y = y.long().reshape(-1)
     if len(X) != y.numel():
         raise ValueError(f"{name} must hold as many labels as inputs, got {len(X)} inputs and {y.numel()} labels.")
-    out = layout.output_size
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"{name} labels must be >= 0 (class ids in the target's output order), got {int(y.min())}.")
+    out = layout.output_size if layout is not None else None
     if out is not None and y.numel() and int(y.max()) >= out:
         raise ValueError(f"{name} labels go up to {int(y.max())}, but the target has {out} output units "
                          f"(labels must lie in 0..{out - 1}).")

@@ -28,6 +28,7 @@ from ..layout.param_layout import ParamLayout
 from ..models.modeling_param_prior import ParamPriorForCausalLM
 from ..models.modeling_param_tokenizer import ParamTokenizer
 from ..utils import accuracy, replace_dir, temporary_sibling
+from .generation_checks import check_forward, check_memory, check_seed, check_task_text, check_word_lengths
 from .generation_targets import (
     GenerationError,
     build_model,
@@ -45,13 +46,14 @@ from .generator_loading import (
     TOKENIZER_SUBFOLDER,
     WEIGHTS_NAME,
     GeneratorSource,
+    check_compatible,  # noqa: F401  (re-exported: callers import it from here)
     file_sha256,
     load_param_tokenizer,
+    load_prior,
     load_sample_encoders,
     resolve_commit,
 )
 
-MAX_INSTRUCTION_WORDS = 200  # MiniLM reads 256 word pieces; longer texts would be silently truncated
 DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}
 DECODINGS = ("sample", "mean")
 
@@ -103,18 +105,6 @@ class GenerationResult:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def check_compatible(prior_config, tokenizer_config) -> None:
-    """Raise `GenerationError` unless the prior models this ParamTokenizer's codes."""
-    pairs = [("codebook_size", prior_config.codebook_size, tokenizer_config.codebook_size),
-             ("codes per chunk", prior_config.codes_per_chunk, tokenizer_config.codes_per_chunk)]
-    if prior_config.chunk_size is not None:
-        pairs.append(("chunk_size", prior_config.chunk_size, tokenizer_config.chunk_size))
-    pairs.append(("aggregation", prior_config.aggregation, tokenizer_config.aggregation))
-    bad = [f"{name}: prior {p!r} vs ParamTokenizer {t!r}" for name, p, t in pairs if p != t]
-    if bad:
-        raise GenerationError("The prior was not trained on this ParamTokenizer's codes (" + "; ".join(bad) + ").")
-
-
 def output_size(layout: ParamLayout) -> int:
     """`layout.output_size`, raising `GenerationError` for a layout without weight matrices (kept for callers of
     earlier versions; use `ParamLayout.output_size`)."""
@@ -136,14 +126,18 @@ class ParamGenerator:
         sample_encoders: name -> `SampleEncoder` (picked by the samples' feature count; "text" for texts).
         text_encoder: an already-built text encoder (else built lazily from the name).
         text_encoder_kwargs: passed to `TextEncoder` (e.g. `cache_dir`, `token`).
+        max_memory_bytes: a generation call whose estimated memory (KV cache, probabilities, decoded weights)
+            exceeds this is refused before any work (`GenerationError`); None (default): half the memory available
+            on the prior's device at call time.
     """
 
     def __init__(self, prior: ParamPriorForCausalLM, param_tokenizer: ParamTokenizer,
                  text_encoder_name: str | None = None,
                  sample_encoders: dict[str, SampleEncoder] | None = None, text_encoder=None,
-                 text_encoder_kwargs: dict | None = None):
+                 text_encoder_kwargs: dict | None = None, max_memory_bytes: int | None = None):
         check_compatible(prior.config, param_tokenizer.config)
         self.prior, self.param_tokenizer = prior.eval(), param_tokenizer.eval()
+        self.max_memory_bytes = max_memory_bytes
         if text_encoder_name:
             self.prior.config.text_encoder = text_encoder_name
         self.sample_encoders = dict(sample_encoders or {})
@@ -192,15 +186,22 @@ class ParamGenerator:
         """Load a generator from a folder or a Hub repo, each component as its own `from_pretrained` does.
 
         Args:
-            name_or_path: generator folder or Hub repo id.
-            subfolder: the generator's folder inside the repo.
+            name_or_path: generator folder or Hub repo id (a missing folder given as a path is "no such folder").
+            subfolder: the generator's folder inside the repo (relative, no `..`).
             revision / cache_dir / token / local_files_only: as in `from_pretrained`; the revision is resolved to
                 one commit, from which the prior, the ParamTokenizer (unless pinned) and the sample encoders load.
-            **kwargs: `param_tokenizer`, `text_encoder`, `sample_encoders` objects to use instead of loading them.
+            **kwargs: `param_tokenizer`, `text_encoder`, `sample_encoders` objects to use instead of loading them;
+                `max_memory_bytes`.
+
+        Raises:
+            GenerationError: a missing folder, an invalid repo id, subfolder or revision, a component that does not
+                load (naming the truncated file or the config field that does not match the weights), or a
+                ParamTokenizer whose weights are not those the prior was trained with (`param_tokenizer_sha256`).
         """
+        GeneratorSource(name_or_path, subfolder, revision, cache_dir, token, local_files_only)  # checks the names
         revision = resolve_commit(name_or_path, revision, cache_dir, token, local_files_only)
         hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
-        prior = ParamPriorForCausalLM.from_pretrained(name_or_path, subfolder=subfolder or "", **hub)
+        prior = load_prior(GeneratorSource(name_or_path, subfolder, **hub))
         return cls.from_prior(prior, name_or_path=name_or_path, subfolder=subfolder, **hub, **kwargs)
 
     @classmethod
@@ -208,18 +209,21 @@ class ParamGenerator:
                    subfolder: str | None = None, revision: str | None = None,
                    cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
                    local_files_only: bool = False, param_tokenizer: ParamTokenizer | None = None, text_encoder=None,
-                   sample_encoders: dict[str, SampleEncoder] | None = None) -> ParamGenerator:
+                   sample_encoders: dict[str, SampleEncoder] | None = None,
+                   max_memory_bytes: int | None = None) -> ParamGenerator:
         """A generator around a loaded prior: the other components from the repo or folder it came from
-        (`name_or_path`, default the prior's `name_or_path`), as its config says."""
-        source = GeneratorSource(name_or_path or getattr(prior, "name_or_path", None), subfolder, revision,
-                                 cache_dir, token, local_files_only)
-        if param_tokenizer is None:
-            param_tokenizer = load_param_tokenizer(source, prior.config)
-        if sample_encoders is None:
-            sample_encoders = load_sample_encoders(source, prior.config)
+        (`name_or_path`, default the prior's `name_or_path`), as its config says. A ParamTokenizer loaded from
+        there must be the one the prior records (`param_tokenizer_sha256`); one passed as an object is used as is."""
+        if param_tokenizer is None or sample_encoders is None:
+            source = GeneratorSource(name_or_path or getattr(prior, "name_or_path", None), subfolder, revision,
+                                     cache_dir, token, local_files_only)
+            if param_tokenizer is None:
+                param_tokenizer = load_param_tokenizer(source, prior.config)
+            if sample_encoders is None:
+                sample_encoders = load_sample_encoders(source, prior.config)
         text_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("token", token)) if v is not None}
         return cls(prior, param_tokenizer, None, sample_encoders, text_encoder=text_encoder,
-                   text_encoder_kwargs=text_kwargs)
+                   text_encoder_kwargs=text_kwargs, max_memory_bytes=max_memory_bytes)
 
     # -------------------------------------------------------------- checks
     def check_layout(self, layout: ParamLayout) -> None:
@@ -253,10 +257,11 @@ class ParamGenerator:
         raise GenerationError(f"No sample encoder takes {features} features per sample; known: {known}.")
 
     def _check_samples(self, samples, num_classes: int):
-        X = samples[0]
+        X, y = check_pair(samples, None, "samples")
         if is_texts(X):  # labelled texts: embedded by the generator's text encoder
+            check_word_lengths(list(X), "samples X")
             X = self.text_encoder(list(X))[:, 0]  # (n, dim)
-        X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(samples[1], dtype=torch.long)
+        X = X.detach().float() if isinstance(X, torch.Tensor) else torch.as_tensor(X, dtype=torch.float32)
         if X.shape[0] != y.shape[0] or X.shape[0] == 0:
             raise GenerationError(f"samples must be (X, y) with as many labels as inputs (>0), got {X.shape[0]} "
                                   f"and {y.shape[0]}.")
@@ -268,16 +273,11 @@ class ParamGenerator:
 
     def encode(self, layout: ParamLayout, task_text: str, samples=None) -> dict[str, torch.Tensor]:
         """The prior's condition kwargs for one instruction (validated)."""
-        if not isinstance(task_text, str) or not task_text.strip():
-            raise GenerationError(f"task_text must be a non-empty string, got {task_text!r}.")
-        words = len(task_text.split())
-        if words > MAX_INSTRUCTION_WORDS:
-            raise GenerationError(f"task_text has {words} words, more than {MAX_INSTRUCTION_WORDS} "
-                                  "(it would be truncated).")
+        check_task_text(task_text)
         num_classes = output_size(layout)
         enc = InstructionEncoders(text=self.text_encoder)
         if samples is not None:
-            texts = is_texts(samples[0])
+            texts = isinstance(samples, (tuple, list)) and len(samples) == 2 and is_texts(samples[0])
             samples = self._check_samples(samples, num_classes)
             enc.samples = self._sample_encoder(samples[0], texts)
         inst = Instruction(task_text=task_text, samples=samples, architecture=layout.describe(),
@@ -289,22 +289,38 @@ class ParamGenerator:
         return out.as_model_kwargs()
 
     # -------------------------------------------------------------- generation, in three steps
-    def prepare(self, target, task_text: str, samples=None, validation=None,
-                on_unseen_layout: str = "warn") -> dict[str, Any]:
-        """Check an instruction and encode it: `{"condition", "layout", "template", "validation", "ood_reasons"}`."""
+    def check_memory(self, layout: ParamLayout, num_candidates: int, decoding: str | None = None) -> dict[str, int]:
+        """Refuse (`GenerationError`) a request whose estimated memory exceeds `max_memory_bytes`; the estimate."""
+        mean = resolve_decoding(self.param_tokenizer.config, decoding) == "mean"
+        return check_memory(self.prior, self.param_tokenizer.config, layout, num_candidates, mean,
+                            getattr(self, "max_memory_bytes", None))
+
+    def prepare(self, target, task_text: str, samples=None, validation=None, on_unseen_layout: str = "warn",
+                num_candidates: int | None = None, decoding: str | None = None) -> dict[str, Any]:
+        """Check an instruction (and, given `num_candidates`, the memory it needs) and encode it:
+        `{"condition", "layout", "template", "validation", "ood_reasons"}`."""
         layout, template = self.resolve_target(target)
         if validation is not None and template is None:
             raise GenerationError("validation scoring needs a target that builds a model (an nn.Module template, a "
                                   "config or a LoRA target), got a bare ParamLayout.")
         self.check_layout(layout)
+        check_task_text(task_text)
+        if num_candidates is not None:
+            self.check_memory(layout, num_candidates, decoding)
         ood_reasons = self.check_in_distribution(layout, on_unseen_layout)
-        for name, pair in (("samples", samples), ("validation", validation)):
-            check_input_size(layout, pair, name, template)
+        if samples is not None:
+            check_pair(samples, None, "samples")
         if validation is not None:
             validation = check_pair(validation, layout, "validation")
             if is_texts(validation[0]):
                 raise GenerationError("validation scoring calls the built model on validation[0], so it needs "
                                       "tensors, got texts; tokenize them yourself, or score the state_dicts yourself.")
+        for name, pair in (("samples", samples), ("validation", validation)):
+            check_input_size(layout, pair, name, template)
+        if validation is not None:
+            X = validation[0] if isinstance(validation[0], torch.Tensor) else torch.as_tensor(validation[0])
+            check_forward(template, X, "validation")
+            validation = (X, validation[1])
         condition = self.encode(layout, task_text, samples)
         return {"condition": condition, "layout": layout, "template": template, "validation": validation,
                 "ood_reasons": ood_reasons}
@@ -313,9 +329,12 @@ class ParamGenerator:
     def sample(self, condition: dict[str, torch.Tensor], layout: ParamLayout, num_candidates: int = 1,
                seed: int | None = None, decoding: str | None = None, show_progress: bool = False,
                **sampling) -> tuple[torch.LongTensor, list[dict[str, torch.Tensor]]]:
-        """Sample `num_candidates` code sequences and decode them: (codes (k, N, T), k state_dicts), on the CPU."""
+        """Sample `num_candidates` code sequences and decode them: (codes (k, N, T), k state_dicts), on the CPU.
+        The request's memory is checked first (`check_memory`)."""
         tok = self.param_tokenizer.config
+        seed = check_seed(seed)
         mean = resolve_decoding(tok, decoding) == "mean"
+        self.check_memory(layout, num_candidates, decoding)
         out = self.prior.generate_codes(**condition, layout=layout, chunk_size=tok.chunk_size,
                                         aggregation=tok.aggregation, num_candidates=num_candidates, seed=seed,
                                         show_progress=show_progress, return_probs=mean,
@@ -337,7 +356,13 @@ class ParamGenerator:
         if validation is not None:  # one copy of the target, reloaded with each candidate
             for i, sd in enumerate(state_dicts):
                 model = build_model(template, sd, layout) if model is None else reload_model(model, template, sd)
-                scores[i] = accuracy(model, *validation)
+                try:
+                    scores[i] = accuracy(model, *validation)
+                except (RuntimeError, TypeError, ValueError) as err:
+                    shape = tuple(getattr(validation[0], "shape", ()))
+                    raise GenerationError(f"validation X of shape {shape} cannot be fed to the target "
+                                          f"{type(model).__name__} ({type(err).__name__}: {err}); give inputs shaped "
+                                          "(n, *input shape) as the target reads them.") from err
             best = max(range(len(scores)), key=scores.__getitem__)
         if not build or template is None:
             model = None
@@ -374,7 +399,8 @@ class ParamGenerator:
         """
         num_candidates = resolve_num_candidates(num_candidates, num_samples)
         decoding = resolve_decoding(self.param_tokenizer.config, decoding)
-        prepared = self.prepare(target, task_text, samples, validation, on_unseen_layout)
+        seed = check_seed(seed)
+        prepared = self.prepare(target, task_text, samples, validation, on_unseen_layout, num_candidates, decoding)
         codes, state_dicts = self.sample(prepared["condition"], prepared["layout"], num_candidates, seed, decoding,
                                          show_progress, **sampling)
         return self.select(prepared, codes, state_dicts)

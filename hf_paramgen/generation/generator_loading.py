@@ -1,5 +1,11 @@
 """Loading a generator's components as diffusers' pipelines load theirs: each with its own `from_pretrained`
-(`subfolder`, `revision`, `cache_dir`, `token`, `local_files_only`), from a folder or one commit of a Hub repo."""
+(`subfolder`, `revision`, `cache_dir`, `token`, `local_files_only`), from a folder or one commit of a Hub repo.
+
+Every name that becomes a path is checked first (a repo id with `validate_repo_id`; a revision, subfolder or sample
+encoder name for `..`, absolute and backslash parts), a component that does not load is explained (`explain_load_error`:
+the file that is truncated, the config field that lies), and the ParamTokenizer is checked against the sha256 of its
+weights the prior's config records (`param_tokenizer_sha256`): a generator refuses a ParamTokenizer it was not
+trained with."""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ import sys
 from pathlib import Path
 
 from ..conditioning.samples import SampleEncoder
+from ..models.modeling_param_prior import ParamPriorForCausalLM
 from ..models.modeling_param_tokenizer import ParamTokenizer
+from ..utils import check_hub_id, check_relative_path, check_revision, explain_load_error, looks_like_path
 from .generation_targets import GenerationError
 
 TOKENIZER_SUBFOLDER = "param_tokenizer"
@@ -44,15 +52,61 @@ def _join(*parts: str | None) -> str:
     return "/".join(p.strip("/") for p in parts if p)
 
 
+def _checked(check, value, what: str):
+    """`check(value, what)`, its `ValueError` raised as a `GenerationError`."""
+    try:
+        return check(value, what)
+    except ValueError as err:
+        raise GenerationError(str(err)) from err
+
+
+def check_compatible(prior_config, tokenizer_config) -> None:
+    """Raise `GenerationError` unless the prior models this ParamTokenizer's codes."""
+    pairs = [("codebook_size", prior_config.codebook_size, tokenizer_config.codebook_size),
+             ("codes per chunk", prior_config.codes_per_chunk, tokenizer_config.codes_per_chunk)]
+    if prior_config.chunk_size is not None:
+        pairs.append(("chunk_size", prior_config.chunk_size, tokenizer_config.chunk_size))
+    pairs.append(("aggregation", prior_config.aggregation, tokenizer_config.aggregation))
+    bad = [f"{name}: prior {p!r} vs ParamTokenizer {t!r}" for name, p, t in pairs if p != t]
+    if bad:
+        raise GenerationError("The prior was not trained on this ParamTokenizer's codes (" + "; ".join(bad) + ").")
+
+
+def check_param_tokenizer_sha256(weights: str | os.PathLike, config, where: str) -> None:
+    """Refuse a ParamTokenizer whose weights file differs from the one the prior's config records (when it records
+    one: `param_tokenizer_sha256`, written by `ParamGenerator.save_pretrained`)."""
+    recorded = getattr(config, "param_tokenizer_sha256", None)
+    if not recorded:
+        return
+    actual = file_sha256(weights)
+    if actual != recorded:
+        raise GenerationError(
+            f"The ParamTokenizer in {where} is not the one this prior was trained with: its {WEIGHTS_NAME} has sha256 "
+            f"{actual}, the prior's config records param_tokenizer_sha256={recorded}. Put the generator's own "
+            "ParamTokenizer back (save or download the generator again); generating with another one gives wrong "
+            "networks.")
+
+
 class GeneratorSource:
-    """Where a generator's files are: a local folder, or a Hub repo at one commit (cache, token, offline)."""
+    """Where a generator's files are: a local folder, or a Hub repo at one commit (cache, token, offline).
+
+    Raises `GenerationError` for a missing folder given as a path, an invalid repo id, or a subfolder or revision
+    that could lead outside the folder or cache (`..`, absolute or backslash parts)."""
 
     def __init__(self, name_or_path: str | os.PathLike | None, subfolder: str | None = None,
                  revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                  token: str | bool | None = None, local_files_only: bool = False):
-        self.name = str(name_or_path) if name_or_path else None
-        self.subfolder = subfolder or None
+        self.name = os.fspath(name_or_path) if name_or_path else None
+        self.subfolder = _checked(check_relative_path, subfolder, "subfolder") or None
+        _checked(check_revision, revision, "revision")
         self.folder = Path(self.name, self.subfolder or "") if self.name and os.path.isdir(self.name) else None
+        if self.name and self.folder is None:
+            if looks_like_path(name_or_path):
+                raise GenerationError(
+                    f"No such folder: {os.path.abspath(os.path.expanduser(self.name))} (given as {self.name!r}). "
+                    "Expected a generator folder (what ParamGenerator.save_pretrained writes) or a Hub repo id "
+                    "'org/name'.")
+            _checked(check_hub_id, self.name, "There is no folder of that name, and the generator repo id")
         self.hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
 
     @property
@@ -80,28 +134,88 @@ class GeneratorSource:
 
         return Path(hf_hub_download(self.name, _join(self.subfolder, relative), **self.hub))
 
+    def explain(self, model_class, relative: str = "") -> GenerationError | None:
+        """A `GenerationError` saying why `model_class` did not load from the folder `relative` (local or cached),
+        or None when `explain_load_error` finds no cause."""
+        config = self.cached(_join(relative, "config.json"))
+        folder = config.parent if config is not None else (self.folder / relative if self.folder else None)
+        why = explain_load_error(model_class, folder) if folder is not None else None
+        if why is None:
+            return None
+        return GenerationError(f"{model_class.__name__} of {self.name!r} does not load: {why}")
+
+
+def load_prior(source: GeneratorSource) -> ParamPriorForCausalLM:
+    """The prior at the root of the generator (folder or repo), its load failures explained."""
+    if source.folder is not None and not (source.folder / "config.json").is_file():
+        found = sorted(p.name for p in source.folder.iterdir()) if source.folder.is_dir() else "no such folder"
+        raise GenerationError(f"{source.folder} is not a generator folder: it holds no config.json (found: {found}). "
+                              "Expected what ParamGenerator.save_pretrained writes.")
+    try:
+        return ParamPriorForCausalLM.from_pretrained(source.name, subfolder=source.subfolder or "", **source.hub)
+    except Exception as err:
+        explained = source.explain(ParamPriorForCausalLM)
+        if explained is None:
+            raise
+        raise explained from err
+
+
+def _load_checked(source: GeneratorSource, config, sub: str, load) -> ParamTokenizer:
+    """`load()` (a ParamTokenizer from the generator's `sub`), explained on failure, checked against the prior."""
+    try:
+        tokenizer = load()
+    except Exception as err:
+        explained = source.explain(ParamTokenizer, sub)
+        if explained is None:
+            raise
+        raise explained from err
+    check_compatible(config, tokenizer.config)
+    return tokenizer
+
 
 def load_param_tokenizer(source: GeneratorSource, config) -> ParamTokenizer:
     """The prior's ParamTokenizer: the generator folder's subfolder; else, for a pinned repo + revision, the pinned
     revision (or, when the generator snapshot holds the same weights — same sha256 — that copy, so a pinned
-    generator loads offline from its own snapshot); else the subfolder of the generator repo at its commit."""
-    sub = config.param_tokenizer_subfolder or TOKENIZER_SUBFOLDER
+    generator loads offline from its own snapshot); else the subfolder of the generator repo at its commit.
+    Its weights must have the sha256 the config records (`param_tokenizer_sha256`), when it records one."""
+    sub = _checked(check_relative_path, config.param_tokenizer_subfolder or TOKENIZER_SUBFOLDER,
+                   "param_tokenizer_subfolder")
     repo, pin = config.param_tokenizer_repo_id, config.param_tokenizer_revision
+    if repo:
+        _checked(check_hub_id, repo, "param_tokenizer_repo_id")
+        _checked(check_revision, pin, "param_tokenizer_revision")
     if source.folder is not None and (source.folder / sub / "config.json").is_file():
-        return ParamTokenizer.from_pretrained(source.folder / sub)
+        tokenizer = _load_checked(source, config, sub, lambda: ParamTokenizer.from_pretrained(source.folder / sub))
+        check_param_tokenizer_sha256(source.folder / sub / WEIGHTS_NAME, config, source.folder / sub)
+        return tokenizer
     if source.on_hub and (not repo or config.param_tokenizer_sha256):
         weights = source.cached(_join(sub, WEIGHTS_NAME)) if repo else None
         if not repo or (weights is not None and file_sha256(weights) == config.param_tokenizer_sha256):
-            return ParamTokenizer.from_pretrained(source.name, subfolder=_join(source.subfolder, sub), **source.hub)
+            tokenizer = _load_checked(source, config, sub, lambda: ParamTokenizer.from_pretrained(
+                source.name, subfolder=_join(source.subfolder, sub), **source.hub))
+            where = f"{_join(source.name, source.subfolder, sub)} (revision {source.hub['revision']})"
+            check_param_tokenizer_sha256(source.download(_join(sub, WEIGHTS_NAME)), config, where)
+            return tokenizer
     if not repo:
         raise GenerationError(f"{source.name or 'The prior'} has no {sub}/ folder with a ParamTokenizer and its config "
                               "names no param_tokenizer_repo_id: pass param_tokenizer=.")
     hub = {**source.hub, "revision": pin}
     try:
-        return ParamTokenizer.from_pretrained(repo, subfolder=sub, **hub)
+        tokenizer = ParamTokenizer.from_pretrained(repo, subfolder=sub, **hub)
+        weights = hf_hub_download_path(repo, _join(sub, WEIGHTS_NAME), hub)
     except OSError as err:
         raise GenerationError(f"The ParamTokenizer pinned in the prior's config ({repo!r} at revision {pin!r}, "
                               f"subfolder {sub!r}) was not found: {err}") from err
+    check_compatible(config, tokenizer.config)
+    check_param_tokenizer_sha256(weights, config, f"{repo}/{sub} (revision {pin})")
+    return tokenizer
+
+
+def hf_hub_download_path(repo_id: str, filename: str, hub: dict) -> Path:
+    """`hf_hub_download` of one file with the generator's Hub options (revision, cache, token, offline)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, **hub))
 
 
 def load_sample_encoders(source: GeneratorSource, config) -> dict[str, SampleEncoder]:
@@ -112,7 +226,17 @@ def load_sample_encoders(source: GeneratorSource, config) -> dict[str, SampleEnc
         names = sorted(p.name for p in folder.iterdir() if p.is_dir())
     encoders = {}
     for name in names:
-        paths = [source.download(_join(SAMPLE_ENCODERS_SUBFOLDER, name, f)) for f in SAMPLE_ENCODER_FILES]
-        with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub's mixin prints a notice for local folders
-            encoders[name] = SampleEncoder.from_pretrained(paths[0].parent)
+        if not isinstance(name, str) or "/" in name or not _checked(check_relative_path, name, "sample encoder name"):
+            raise GenerationError(f"The prior's config lists a sample encoder named {name!r}; expected a plain folder "
+                                  f"name under {SAMPLE_ENCODERS_SUBFOLDER}/ (no '/', '..' or backslash).")
+        relative = _join(SAMPLE_ENCODERS_SUBFOLDER, name)
+        try:
+            paths = [source.download(_join(relative, f)) for f in SAMPLE_ENCODER_FILES]
+            with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub's mixin prints a notice for local folders
+                encoders[name] = SampleEncoder.from_pretrained(paths[0].parent)
+        except Exception as err:
+            explained = source.explain(SampleEncoder, relative)
+            if explained is None:
+                raise
+            raise explained from err
     return encoders

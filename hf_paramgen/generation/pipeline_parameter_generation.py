@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, Pipeline
 
 from ..conditioning.samples import SampleEncoder
 from ..models.modeling_param_tokenizer import ParamTokenizer
+from .generation_checks import check_seed
 from .generation_targets import ON_UNSEEN_LAYOUT
 from .generator import ParamGenerator, resolve_decoding, resolve_num_candidates
 from .generator_loading import resolve_commit
@@ -66,6 +67,8 @@ class ParameterGenerationPipeline(Pipeline):
         revision / cache_dir / token / subfolder: where the generator's other components are (default: the
             current commit of the repo, or the folder, the prior came from). transformers' `pipeline()` does not
             pass its own `revision` on: pass `revision=` here too for a branch other than the default.
+        max_memory_bytes: refuse a call whose estimated memory exceeds this, before any work (default: half the
+            available memory; `ParamGenerator.max_memory_bytes`).
     """
 
     _load_tokenizer = False
@@ -77,7 +80,7 @@ class ParameterGenerationPipeline(Pipeline):
     def __init__(self, model, param_tokenizer: ParamTokenizer | None = None, text_encoder=None,
                  sample_encoders: dict[str, SampleEncoder] | None = None, revision: str | None = None,
                  cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
-                 subfolder: str | None = None, **kwargs):
+                 subfolder: str | None = None, max_memory_bytes: int | None = None, **kwargs):
         super().__init__(model=model, **kwargs)
         from huggingface_hub import constants
 
@@ -87,7 +90,7 @@ class ParameterGenerationPipeline(Pipeline):
         self.generator = ParamGenerator.from_prior(
             self.model, name_or_path=name, subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token,
             local_files_only=local_files_only, param_tokenizer=param_tokenizer, text_encoder=text_encoder,
-            sample_encoders=sample_encoders)
+            sample_encoders=sample_encoders, max_memory_bytes=max_memory_bytes)
         self.param_tokenizer = self.generator.param_tokenizer.to(self.device)
 
     def _sanitize_parameters(self, num_candidates=None, seed=None, output=None, show_progress=None, decoding=None,
@@ -103,7 +106,7 @@ class ParameterGenerationPipeline(Pipeline):
         if num_candidates is not None:
             forward["num_candidates"] = num_candidates
         if seed is not None:
-            forward["seed"] = seed
+            forward["seed"] = check_seed(seed)
         if show_progress is not None:
             forward["show_progress"] = show_progress
         post = {}
@@ -111,14 +114,15 @@ class ParameterGenerationPipeline(Pipeline):
             if output not in OUTPUTS:
                 raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
             post["output"] = output
-        pre = {}
+        pre = {k: forward[k] for k in ("num_candidates", "decoding") if k in forward}  # memory checked before work
         if on_unseen_layout is not None:
             if on_unseen_layout not in ON_UNSEEN_LAYOUT:
                 raise ValueError(f"on_unseen_layout must be one of {ON_UNSEEN_LAYOUT}, got {on_unseen_layout!r}.")
             pre["on_unseen_layout"] = on_unseen_layout
         return pre, forward, post
 
-    def preprocess(self, inputs: dict, on_unseen_layout: str = "warn") -> dict:
+    def preprocess(self, inputs: dict, on_unseen_layout: str = "warn", num_candidates: int = 1,
+                   decoding: str | None = None) -> dict:
         if not isinstance(inputs, dict) or "target" not in inputs:
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
             raise TypeError(f"parameter-generation expects a dict with 'target' (and 'task_text', 'samples', "
@@ -131,7 +135,7 @@ class ParameterGenerationPipeline(Pipeline):
                 raise TypeError("Pass the task description once, as 'task_text' (not also as 'task').")
             task_text = inputs["task"]
         return self.generator.prepare(inputs["target"], task_text, inputs.get("samples"), inputs.get("validation"),
-                                      on_unseen_layout)
+                                      on_unseen_layout, num_candidates, decoding)
 
     def _forward(self, model_inputs: dict, num_candidates: int = 1, seed: int | None = None,
                  show_progress: bool = False, decoding: str | None = None, **sampling) -> dict:

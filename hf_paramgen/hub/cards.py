@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, ModelCard
 
+from ..utils import check_revision
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "model_cards"  # package data (top-level `model_cards` links here)
 
 
@@ -58,6 +60,7 @@ def fetch_snapshot(
         ValueError: the repo or revision does not exist on the endpoint.
         OSError: the snapshot is not cached and the Hub cannot be reached (or `HF_HUB_OFFLINE=1`).
     """
+    check_revision(revision)
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 

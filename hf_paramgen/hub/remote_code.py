@@ -22,6 +22,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..utils import explain_load_error
+
 ALLOWED_PACKAGES = ("torch", "transformers", "safetensors", "peft", "huggingface_hub")
 FORBIDDEN_PARTS = ("research",)  # fixtures: never part of what a generator carries
 _FROM_RE = re.compile(r"^(?P<indent>[ \t]*)from[ \t]+(?P<dots>\.+)(?P<name>[\w.]*)[ \t]+import\b", re.M)
@@ -126,6 +128,19 @@ class RemoteCodeMixin:
     folder loads with `AutoModel*.from_pretrained(folder, trust_remote_code=True)` without hf_paramgen."""
 
     remote_auto_map: dict[str, str] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; a local folder that does not load is explained (`explain_load_error`:
+        a missing or truncated weights file, a `config.json` field that contradicts the weights)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as err:
+            folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            why = explain_load_error(cls, folder) if folder.is_dir() else None
+            if why is None:
+                raise
+            raise OSError(f"{cls.__name__} does not load from {folder}: {why}") from err
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         self.config.auto_map = dict(self.remote_auto_map)

@@ -23,7 +23,7 @@ from ..utils import atomic_write_json
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_generation"
 # settings of the full run (the note and README quote them) and of `--small` (tests: seconds, not minutes)
 FULL = {"preset": "generalise", "tokenizer_steps": 3000, "tokenizer_seconds": 300, "prior_steps": 6000,
-        "prior_seconds": 1200, "num_tasks": 4, "k": 4, "finetune_steps": 20, "max_steps": 100,
+        "prior_seconds": 2100, "num_tasks": 4, "k": 4, "finetune_steps": 20, "max_steps": 100,
         "text_encoder": None, "hidden_size": 128, "num_layers": 4, "tokenizer_batch_size": None,
         "prior_batch_size": 8}
 SMALL = {"preset": "tiny-generalise", "tokenizer_steps": 20, "tokenizer_seconds": 60, "prior_steps": 10,
