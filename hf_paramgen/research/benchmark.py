@@ -67,12 +67,13 @@ def run_benchmark(output_dir: str | Path = DEFAULT_OUTPUT_DIR, json_path: str | 
     out.mkdir(parents=True, exist_ok=True)
     json_path = Path(json_path) if json_path else out / "results.json"
     zoo_dir, corpus_dir, tok_dir, gen_dir = out / "zoo", out / "corpus", out / "param_tokenizer", out / "generator"
-    timings: dict[str, float] = {}
+    stage_file = out / "stage_seconds.json"  # each finished stage's wall time, kept across resumed runs
 
     def timed(name, fn, *args, **kwargs):
         start = time.perf_counter()
         result = fn(*args, **kwargs)
-        timings[name] = round(time.perf_counter() - start, 1)
+        stages = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
+        atomic_write_json(stage_file, {**stages, name: round(time.perf_counter() - start, 1)})
         return result
 
     if _stage(f"zoo ({cfg['preset']})", (zoo_dir / "manifest.json").exists()):
@@ -111,10 +112,7 @@ def run_benchmark(output_dir: str | Path = DEFAULT_OUTPUT_DIR, json_path: str | 
         argv += ["--hashing_conditions"]
     timed("evaluation", cli_evaluate, argv)
     results = json.loads(json_path.read_text())
-    stage_file = out / "stage_seconds.json"  # stages of earlier (resumed) runs are kept
-    stages = {**(json.loads(stage_file.read_text()) if stage_file.is_file() else {}), **timings}
-    atomic_write_json(stage_file, stages)
-    results.update(stage_seconds=stages, benchmark_settings=cfg, output_dir=str(out))
+    results.update(stage_seconds=json.loads(stage_file.read_text()), benchmark_settings=cfg, output_dir=str(out))
     atomic_write_json(json_path, results, indent=1)
     return results
 
