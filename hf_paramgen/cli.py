@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
         msg = "usage: hf-paramgen <command> [options]\n\ncommands:\n" + "\n".join(lines)
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"hf-paramgen: unknown command {argv[0]!r}\n\n{msg}", file=sys.stderr)
+            print(f"{msg}\n\nhf-paramgen: error: unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)}.",
+                  file=sys.stderr)
             return 2
         print(msg)
         return 0

@@ -17,7 +17,12 @@ from torch import nn
 def temporary_sibling(target: str | os.PathLike, kind: str = "tmp") -> Path:
     """A fresh hidden path beside `target` (same filesystem, so `os.replace` onto `target` is atomic)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocker = next((p for p in [target.parent, *target.parent.parents] if p.exists() and not p.is_dir()), None)
+        raise NotADirectoryError(f"Cannot write {target}: {blocker or target.parent} is a file, not a folder; choose "
+                                 "another output path or move that file away.") from err
     return target.parent / f".{target.name}.{kind}-{uuid.uuid4().hex[:8]}"
 
 
@@ -113,12 +118,47 @@ def looks_like_path(name) -> bool:
     return isinstance(name, str) and (name.startswith((".", "~", os.sep)) or "\\" in name or name.count("/") > 1)
 
 
+# ------------------------------------------------------------------------------ loading a saved model by name
+def load_pretrained(model_class, name_or_path, what: str | None = None, **kwargs):
+    """`model_class.from_pretrained(name_or_path, **kwargs)` with every failure named before or after it: an empty
+    name or one of the wrong type, a local folder that does not exist (`FileNotFoundError`), an invalid Hub repo id,
+    a folder that holds another kind of model (its config's `model_type`), a truncated weights file or a config field
+    that does not match the weights (`explain_load_error`), and any other load failure (`ValueError` naming it)."""
+    what = what or model_class.__name__
+    name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what}: expected a folder or a Hub repo id 'org/name', got {type(name).__name__} {name!r}.")
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        expected = getattr(getattr(model_class, "config_class", None), "model_type", None)
+        try:
+            found = json.loads((folder / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if expected and found and found != expected:
+            hint = [p.name for p in folder.iterdir() if (p / "config.json").is_file()]
+            raise ValueError(f"{what}: {folder} holds a {found!r} model, expected a {expected!r} one"
+                             f"{f' (its subfolders with a config: {sorted(hint)})' if hint else ''}.")
+    elif looks_like_path(name) or folder.exists():
+        raise FileNotFoundError(f"{what}: no such folder {folder.resolve()} (given as {name!r}); expected a folder "
+                                "written by save_pretrained or a Hub repo id 'org/name'.")
+    else:
+        check_hub_id(name, f"{what}: there is no folder {name!r}, and as a Hub repo id it")
+    try:
+        return model_class.from_pretrained(name, **kwargs)
+    except Exception as err:
+        why = explain_load_error(model_class, folder) if folder.is_dir() else None
+        raise ValueError(f"{what} {name!r} does not load: {why or f'{type(err).__name__}: {err}'}") from err
+
+
 # ------------------------------------------------------------------------------ why a model folder does not load
-def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+def safetensors_shapes(file: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor of a safetensors file, from its header alone (no data is read)."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
 
 
 def _model_shapes(model_class, config) -> dict[str, tuple[int, ...]]:
@@ -173,7 +213,7 @@ def explain_load_error(model_class, folder: str | os.PathLike, weights_name: str
         return (f"{folder} holds no {weights_name} (found: {found if found is not None else 'no such folder'}); save "
                 "the model there again or download it.")
     try:
-        stored = _safetensors_shapes(weights)
+        stored = safetensors_shapes(weights)
     except Exception as err:  # noqa: BLE001  (safetensors raises its own SafetensorError on bad bytes)
         return (f"{weights} is truncated or corrupted: safetensors cannot read it ({err}). Download or save it "
                 "again.")
@@ -185,6 +225,9 @@ def explain_load_error(model_class, folder: str | os.PathLike, weights_name: str
         config_dict = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         return f"{config_file} is not valid JSON ({err}); save the model again."
+    if not isinstance(config_dict, dict):
+        return (f"{config_file} holds a JSON {type(config_dict).__name__}, expected an object of "
+                f"{config_class.__name__} fields; save the model again.")
     try:
         config = config_class.from_dict(config_dict)
         error = None

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from test_corpus import make_checkpoint
 from test_generation import tiny_generator
 from test_pipeline import make_generator, tiny_net
 from torch import nn
@@ -15,6 +16,7 @@ from transformers import pipeline
 
 import hf_paramgen  # noqa: F401  (registers the task)
 from hf_paramgen.conditioning.samples import SampleEncoder
+from hf_paramgen.data.checkpoints import CorpusError, load_checkpoint, zoo_sources
 from hf_paramgen.generation.generation_checks import check_seed, estimate_generation_bytes
 from hf_paramgen.generation.generator import GenerationError, ParamGenerator
 from hf_paramgen.layout.param_layout import ParamLayout
@@ -202,3 +204,142 @@ def test_a_param_tokenizer_swapped_for_another_with_the_same_config_is_refused(s
         ParamGenerator.from_pretrained(folder)
     with pytest.raises(GenerationError, match="is not the one this prior was trained with"):
         pipeline("parameter-generation", model=folder)
+
+
+# ------------------------------------------------------------------------------ found by examples/fuzz_inputs.py
+@pytest.mark.parametrize("options, error, match", [
+    ({"temperature": 0}, ValueError, r"temperature must be a finite number > 0 .* got 0"),
+    ({"temperature": float("nan")}, ValueError, "temperature must be a finite number"),
+    ({"temperature": "hot"}, TypeError, "temperature must be a number, got str 'hot'"),
+    ({"top_k": -1}, ValueError, r"top_k must be an int >= 0 \(0: no top-k filtering\), got -1"),
+    ({"top_k": 1.5}, TypeError, "top_k must be an int, got float 1.5"),
+    ({"top_p": 1.5}, ValueError, r"top_p must be a number in \(0, 1\]"),
+    ({"do_sample": "yes"}, TypeError, "do_sample must be True or False, got str 'yes'"),
+    ({"max_new_tokens": 3}, TypeError, r"Unknown generation options \['max_new_tokens'\]"),
+    ({"show_progress": "x"}, TypeError, "show_progress must be True or False"),
+])
+def test_sampling_options_are_checked_before_any_work(generator, options, error, match):
+    with pytest.raises(error, match=match):
+        generator.generate(build_model(ARCH, 4), "classify digits", **options)
+
+
+def test_the_pipeline_checks_sampling_options_and_refuses_an_empty_batch(tmp_path):
+    pipe = pipeline("parameter-generation", model=str(make_generator(tmp_path / "gen")))
+    pipe.generator.prior.generate_codes = _never_sample
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        pipe({"target": tiny_net(), "task_text": "classify"}, temperature=-1.0)
+    with pytest.raises(ValueError, match="parameter-generation got an empty list"):
+        pipe([])
+
+
+@pytest.mark.parametrize("X, match", [
+    (torch.empty(8, 64, device="meta"), "got a meta tensor of shape"),
+    (torch.randn(8, 64).to(torch.complex64), "got a torch.complex64 tensor"),
+])
+def test_samples_without_real_values_are_a_type_error(generator, X, match):
+    with pytest.raises(TypeError, match=rf"samples X must be real numbers with values, {match}"):
+        generator.generate(build_model(ARCH, 4), "classify digits", samples=(X, torch.arange(8) % 4))
+
+
+def test_a_huge_or_empty_target_is_refused_without_allocating_it(generator):
+    huge = ParamLayout.from_specs([("w", (10 ** 7, 10 ** 4), "float32", "linear.weight", False),
+                                   ("b", (10 ** 7,), "float32", "linear.bias", False)])
+    with pytest.raises(GenerationError, match="spans 1562500000 chunks"):  # counted, not built (800 GB)
+        generator.generate(huge, "classify digits")
+    empty = ParamLayout.from_specs([("w", (0, 64), "float32", "linear.weight", False)])
+    with pytest.raises(GenerationError, match="tensors are all of size 0"):
+        generator.generate(empty, "classify digits")
+
+
+@pytest.mark.parametrize("file, fields, match", [
+    ("sample_encoders/digits/config.json", {"num_features": 10 ** 6},
+     r"says num_features=1000000, but .*model.safetensors was saved with num_features=64"),
+    ("sample_encoders/digits/config.json", {"dim": 33}, r"says dim=33, but .* saved with dim=32"),
+    ("config.json", {"layouts": {"x": "not json"}}, r"layouts\['x'\] is not layout JSON"),
+    ("config.json", {"text_encoder": "hashing:x"}, r"'hashing:x' must be 'hashing:<dim>' with dim a positive int"),
+    ("config.json", {"sample_encoders": "digits"}, "sample_encoders must be a list of encoder names"),
+])
+def test_generator_configs_that_lie_are_refused_before_they_allocate(saved, tmp_path, file, fields, match):
+    with pytest.raises(GenerationError, match=match):
+        ParamGenerator.from_pretrained(_variant(saved, tmp_path, lambda f: _set(f / file, **fields)))
+
+
+def test_prior_weights_stored_as_booleans_are_refused(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    def to_bool(folder):
+        tensors = load_file(folder / "model.safetensors")
+        save_file({k: v.bool() for k, v in tensors.items()}, folder / "model.safetensors")
+
+    with pytest.raises(GenerationError, match=r"stores floating-point parameters as \['BOOL'\]"):
+        ParamGenerator.from_pretrained(_variant(saved, tmp_path, to_bool))
+
+
+def test_a_seeded_call_gives_the_same_weights_whatever_runs_beside_it():
+    import threading
+
+    gen = tiny_generator()
+    layout = ParamLayout.from_module(build_model(ARCH, 4))
+    serial = [gen.generate(layout, f"classify digits {i}", num_candidates=2, seed=i).codes for i in range(6)]
+    threaded: dict[int, torch.Tensor] = {}
+
+    def run(i):
+        threaded[i] = gen.generate(layout, f"classify digits {i}", num_candidates=2, seed=i).codes
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(threaded[i], serial[i]) for i in range(6))
+
+
+def _rewrite_weights(folder, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.contiguous() for k, v in edit(load_file(folder / "model.safetensors")).items()},
+              folder / "model.safetensors")
+
+
+def test_checkpoints_that_would_put_inf_or_read_outside_their_folder_are_refused(tmp_path):
+    folder = make_checkpoint(tmp_path / "ckpt")
+    _rewrite_weights(folder, lambda t: {k: (v.double() * (1e40 if k == "net.1.weight" else 1)) for k, v in t.items()})
+    with pytest.raises(CorpusError, match=r"'net.1.weight' \(torch.float64\) holds values beyond the float32 range"):
+        load_checkpoint(folder)
+    folder = make_checkpoint(tmp_path / "shards")
+    index = {"weight_map": {"net.1.weight": "../../elsewhere/model.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CorpusError, match=r"names shards outside the checkpoint folder"):
+        load_checkpoint(folder)
+    (folder / "model.safetensors.index.json").write_text("{oops")
+    with pytest.raises(CorpusError, match=r"model.safetensors.index.json is not valid JSON"):
+        load_checkpoint(folder)
+    zoo = tmp_path / "zoo"
+    make_checkpoint(zoo / "a")
+    (zoo / "manifest.json").write_text(json.dumps({"checkpoints": ["a", "../../etc"]}))
+    with pytest.raises(CorpusError, match=r"entry '../../etc' leads outside the zoo folder"):
+        zoo_sources(zoo)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: _set(f / "param_layout.json", specs="x"), r"param_layout.json holds dict .*expected ParamLayout"),
+    (lambda f: (f / "param_layout.json").write_text(json.dumps({"specs": [{**s, "dtype": "int8"} for s in json.loads(
+        (f / "param_layout.json").read_text())["specs"]]})), r"declares tensor 'net.1.weight' of dtype 'int8'"),
+    (lambda f: (f / "README.md").write_text("---\ninstruction: [unclosed\n---\n"), "README.md is not a model card"),
+    (lambda f: ((f / "model.safetensors").unlink(), (f / "model.safetensors").symlink_to("/dev/zero")),
+     "model.safetensors is not a regular file"),
+])
+def test_checkpoint_files_that_lie_are_named(tmp_path, edit, match):
+    folder = make_checkpoint(tmp_path / "ckpt")
+    edit(folder)
+    with pytest.raises(CorpusError, match=match):
+        load_checkpoint(folder)
+
+
+def test_a_config_that_lies_about_its_depth_is_refused_before_the_model_is_built(tmp_path):
+    folder = make_checkpoint(tmp_path / "ckpt", layout_file=False)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 10 ** 6,
+                                                    "hidden_size": 16, "num_attention_heads": 2,
+                                                    "intermediate_size": 16, "vocab_size": 10}))
+    with pytest.raises(CorpusError, match=r"num_hidden_layers=1000000, but model.safetensors stores only 4 tensors"):
+        load_checkpoint(folder)

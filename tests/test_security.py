@@ -45,6 +45,12 @@ REVIEWED: dict[tuple[str, str], tuple[int, str]] = {
         (1, "imports standard-library modules named in a literal table to read their docstrings"),
     ("examples/benchmark_corpus.py", "subprocess"):
         (2, "re-runs this example script itself (sys.executable, __file__) to time a child process"),
+    ("examples/fault_drill.py", "subprocess"):
+        (3, "runs hf-paramgen's own CLI commands, accelerate launch and hub_scripts/push_generator.py as children "
+            "(fixed argument lists built by the drill, no shell) so it can SIGKILL them"),
+    ("examples/fuzz_inputs.py", "allow_pickle"):
+        (1, "passes allow_pickle=True once to prove a pickle that would run a shell command is refused by "
+            "torch.load(weights_only=True)"),
 }
 
 

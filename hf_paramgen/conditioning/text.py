@@ -212,6 +212,12 @@ class TextEncoder:
 
 def make_text_encoder(name: str, **kwargs):
     """`"hashing:<dim>"` -> `HashingTextEncoder(dim)`; anything else -> `TextEncoder(name)` (a Hub id or folder)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"text encoder must be a Hub id, a folder or 'hashing:<dim>', got {name!r}.")
     if name.startswith("hashing:"):
-        return HashingTextEncoder(dim=int(name.split(":", 1)[1]))
+        dim = name.split(":", 1)[1]
+        if not dim.isdigit() or int(dim) <= 0:
+            raise ValueError(f"text encoder {name!r}: expected 'hashing:<dim>' with dim a positive int, e.g. "
+                             "'hashing:384'.")
+        return HashingTextEncoder(dim=int(dim))
     return TextEncoder(name, **kwargs)

@@ -59,6 +59,7 @@ def _transformers_layout(path: Path) -> ParamLayout:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path)
+    _check_depth(path, config)
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs else None
     if cls is None:
@@ -72,6 +73,24 @@ def _transformers_layout(path: Path) -> ParamLayout:
             seen.add(id(tensors[spec.name]))
             keep.append((spec.name, spec.shape, spec.dtype, spec.kind, spec.is_buffer))
     return ParamLayout.from_specs(keep, {"model_type": config.model_type, "architecture": archs[0]})
+
+
+def _check_depth(path: Path, config) -> None:
+    """A config's layer count must not exceed the tensors its weights file stores (every layer stores at least one):
+    a config that lies about its depth (10**6 layers) would otherwise take hours to build, even on the meta device."""
+    from ..utils import safetensors_shapes
+
+    depth = getattr(config, "num_hidden_layers", None)
+    files = [path / n for n in ("model.safetensors", "adapter_model.safetensors") if (path / n).is_file()]
+    if not isinstance(depth, int) or not files:
+        return
+    try:
+        stored = len(safetensors_shapes(files[0]))
+    except Exception:  # noqa: BLE001  (an unreadable file is reported, named, when its weights are loaded)
+        return
+    if depth > stored:
+        raise CorpusError(f"Checkpoint {path}: config.json says num_hidden_layers={depth}, but {files[0].name} stores "
+                          f"only {stored} tensors; the config does not describe these weights.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,7 +133,7 @@ def declared_layout(path: str | os.PathLike, config: dict | None = None) -> Para
     path = Path(path)
     try:
         if (path / LAYOUT_FILE).is_file():
-            return ParamLayout.from_json((path / LAYOUT_FILE).read_text())
+            return _layout_file(path)
         config = read_config(path) if config is None else config
         if "peft_type" in config:  # layout recorded by hf_paramgen.adapters.save_adapter (built by peft)
             layout = _read_json(path, ADAPTER_INFO, "the adapter's recorded layout").get("layout")
@@ -130,6 +149,35 @@ def declared_layout(path: str | os.PathLike, config: dict | None = None) -> Para
         raise CorpusError(f"Checkpoint {path}: cannot build the layout it declares: {err}") from err
 
 
+def _layout_file(path: Path) -> ParamLayout:
+    """`param_layout.json`, read as `ParamLayout.to_json()` writes it, its float dtypes checked."""
+    file = path / LAYOUT_FILE
+    where = f"Checkpoint {path}: cannot build the layout it declares: {LAYOUT_FILE}"
+    expected = ('expected ParamLayout.to_json(): {"specs": [{"name", "shape", "dtype", "offset", "kind", '
+                '"is_buffer"}, ...], "metadata": {...}}')
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{where} is not valid JSON ({err}); {expected}.") from err
+    if not isinstance(data, dict) or not isinstance(data.get("specs"), list) or not all(
+            isinstance(x, dict) for x in data["specs"]):
+        raise CorpusError(f"{where} holds {type(data).__name__} {json.dumps(data)[:80]}; {expected}.")
+    try:
+        layout = ParamLayout.from_dict(data)
+    except KeyError as err:
+        raise CorpusError(f"{where} has a spec without the field {err}; {expected}.") from err
+    except (TypeError, ValueError) as err:
+        detail = str(err) if isinstance(err, LayoutError) else f"a spec of the wrong type ({err}); {expected}"
+        raise CorpusError(f"{where}: {detail}") from err
+    for spec in layout.specs:
+        dtype = getattr(torch, str(spec.dtype), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or any(d < 0 for d in spec.shape):
+            raise CorpusError(f"{where} declares tensor {spec.name!r} of dtype {spec.dtype!r} and shape "
+                              f"{list(spec.shape)}; expected a floating-point torch dtype (float32, bfloat16, ...) and "
+                              "sizes >= 0.")
+    return layout
+
+
 # ---------------------------------------------------------------------------------- weights
 def read_card(path: str | os.PathLike) -> dict:
     """The checkpoint's metadata: its card's YAML (for adapters, `adapter_info.json` metadata + instruction)."""
@@ -137,20 +185,47 @@ def read_card(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     readme = path / "README.md"
-    card = ModelCard.load(readme).data.to_dict() if readme.is_file() else {}
+    try:
+        card = ModelCard.load(readme).data.to_dict() if readme.is_file() else {}
+    except Exception as err:  # noqa: BLE001  (yaml raises its own errors; a card that is not UTF-8: UnicodeError)
+        raise CorpusError(f"Checkpoint {path}: README.md is not a model card with a YAML header "
+                          f"({type(err).__name__}: {str(err)[:200]}); expected a '---' YAML block (instruction, "
+                          "split, ...) at its top.") from err
     if (path / ADAPTER_INFO).is_file():
-        info = json.loads((path / ADAPTER_INFO).read_text())
+        info = _read_json(path, ADAPTER_INFO, "the adapter's instruction, metadata and layout")
+        if not isinstance(info, dict) or not isinstance(info.get("metadata", {}), dict):
+            raise CorpusError(f"Checkpoint {path}: {ADAPTER_INFO} must be an object with 'instruction', 'metadata' "
+                              f"(an object) and 'layout', got {json.dumps(info)[:80]}.")
         card = {**card, **info.get("metadata", {}), "instruction": info.get("instruction")}
     return card
+
+
+def _shard_files(path: Path, index: Path) -> list[str]:
+    """The shard files a `*.safetensors.index.json` names: plain file names inside the checkpoint folder."""
+    data = _read_json(path, index.name, "a shard index {'weight_map': {tensor: shard file}}")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorpusError(f"Checkpoint {path}: {index.name} must hold 'weight_map': {{tensor name: shard file}}, got "
+                          f"{json.dumps(data)[:80]}.")
+    files = sorted(set(weight_map.values()))
+    bad = [f for f in files if Path(f).name != f or f in ("", ".", "..")]
+    if bad:
+        raise CorpusError(f"Checkpoint {path}: {index.name} names shards outside the checkpoint folder {bad[:3]}; "
+                          "expected plain file names such as 'model-00001-of-00002.safetensors'.")
+    return files
 
 
 def _load_safetensors(path: Path, single: str = "model.safetensors") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     index = path / f"{single}.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [single]
+    files = _shard_files(path, index) if index.is_file() else [single]
     state_dict: dict[str, torch.Tensor] = {}
     for name in files:
+        if not (path / name).is_file():
+            what = "no such file" if not (path / name).exists() else "not a regular file"
+            raise CorpusError(f"Checkpoint {path}: {name} is {what}; expected the safetensors weights "
+                              f"{'its shard index names' if name != single else 'of the checkpoint'}.")
         try:
             state_dict.update(load_file(path / name))
         except Exception as err:  # safetensors raises SafetensorError / OSError on bad bytes
@@ -177,6 +252,11 @@ def _load_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
             raise CorpusError(
                 f"Checkpoint {path}: pytorch_model.bin cannot be loaded with weights_only=True ({err})."
             ) from err
+    odd = [p.name for p in (path / "model.safetensors", path / "adapter_model.safetensors", path / "pytorch_model.bin")
+           if p.exists() or p.is_symlink()]
+    if odd:
+        raise CorpusError(f"Checkpoint {path}: {odd[0]} is not a regular file (a folder, a device or a dangling link); "
+                          "expected the weights file itself.")
     found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "not a folder"
     raise CorpusError(f"Checkpoint {path}: expected model.safetensors (or pytorch_model.bin), found {found}.")
 
@@ -211,6 +291,13 @@ def load_checkpoint(
     extra = [name for name, t in state_dict.items() if name not in names and torch.is_floating_point(t)]
     if extra:
         raise CorpusError(f"Checkpoint {path}: unexpected tensors {extra} that its declared layout does not hold.")
+    limit = torch.finfo(torch.float32).max  # corpora hold float32: a wider value would become inf there
+    for name in layout.names:
+        t = state_dict[name]
+        if torch.finfo(t.dtype).max > limit and bool((t.abs() > limit).any()):
+            raise CorpusError(f"Checkpoint {path}: tensor {name!r} ({t.dtype}) holds values beyond the float32 range "
+                              f"(max |x| {float(t.abs().max()):.3g} > {limit:.3g}); expected weights a float32 corpus "
+                              "can hold.")
     return state_dict, layout, {"config": config, "card": read_card(path)}
 
 
@@ -248,7 +335,15 @@ def zoo_sources(zoo_dir: str | os.PathLike) -> list[Source]:
     manifest_file = zoo_dir / "manifest.json"
     if not manifest_file.is_file():
         raise CorpusError(f"{zoo_dir} is not a model zoo: no manifest.json (build one with `hf-paramgen build-zoo`).")
-    manifest = json.loads(manifest_file.read_text())
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{manifest_file} is not valid JSON ({err}); rebuild the zoo or fix the file.") from err
+    if isinstance(manifest, list):
+        manifest = {"checkpoints": manifest}
+    if not isinstance(manifest, dict):
+        raise CorpusError(f"{manifest_file} holds a JSON {type(manifest).__name__}; expected an object with a "
+                          "'checkpoints' list of paths (or of {'path': ...}).")
     lists = [manifest[k] for k in ("checkpoints", "models", "entries") if isinstance(manifest.get(k), list)]
     entries = lists[0] if lists else None
     if entries is None:  # no list in the manifest: every checkpoint folder under the zoo
@@ -256,10 +351,15 @@ def zoo_sources(zoo_dir: str | os.PathLike) -> list[Source]:
     sources = []
     for entry in entries:
         entry = {"path": entry} if isinstance(entry, str) else entry
-        rel = next((entry[k] for k in ("path", "dir", "checkpoint", "folder") if k in entry), None)
-        if rel is None:
-            raise CorpusError(f"{manifest_file}: entry {entry} has no 'path'.")
+        rel = next((entry[k] for k in ("path", "dir", "checkpoint", "folder") if k in entry),
+                   None) if isinstance(entry, dict) else None
+        if not isinstance(rel, str) or not rel:
+            raise CorpusError(f"{manifest_file}: entry {entry!r} has no 'path'; expected a path relative to the zoo "
+                              "folder, or {'path': ..., 'split': ...}.")
         path = (zoo_dir / rel).resolve()
+        if not path.is_relative_to(zoo_dir.resolve()):
+            raise CorpusError(f"{manifest_file}: entry {rel!r} leads outside the zoo folder ({path}); expected a path "
+                              f"inside {zoo_dir}.")
         model_id = entry.get("model_id") or Path(rel).as_posix()
         sources.append(Source(model_id, path, str(path), split=entry.get("split") or ""))
     return sources

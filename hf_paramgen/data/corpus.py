@@ -10,15 +10,22 @@ A corpus is a `datasets.DatasetDict` with two tables:
 Building is memory-bounded (one checkpoint in memory at a time, streamed to Arrow record batches of
 ``writer_batch_size`` rows by datasets' `ArrowWriter`) and atomic (built beside ``output_dir`` and renamed at the end).
 Checkpoints are read and validated by `hf_paramgen.data.checkpoints`.
+
+Every long job (zoo, adapter zoo, corpus, training, generation) writes its output folder under `output_lock` (one
+writer at a time; a second one gets `OutputLocked`) and reports a full disk in one clear line (`clear_job_errors`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import glob
 import json
 import math
 import os
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +34,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value
 
 from ..layout.chunking import AGGREGATIONS, chunk
 from ..layout.param_layout import ParamLayout
-from ..utils import check_hub_id, check_revision, replace_dir, temporary_sibling
+from ..utils import check_hub_id, check_revision, looks_like_path, replace_dir, temporary_sibling
 from .checkpoints import CorpusError, Source, load_checkpoint, resolve_sources
 
 CHUNK_COLUMNS = ("model_id", "chunk_index", "tensor_index", "chunk_in_tensor", "kind_id", "scale", "num_valid", "split")
@@ -47,6 +54,7 @@ TASK_FIELDS = ("task_id", "instruction", "dataset", "classes", "transform", "num
 # tasks on data (a dataset or input transform) no train/validation task used
 MODEL_SPLITS = ("train", "validation", "heldout_task", "heldout_class", "heldout_dataset", "heldout_architecture")
 CONFIG_FILE = "corpus_config.json"
+MAX_CHUNK_SIZE = 1 << 16  # values per chunk; every tensor is padded to whole chunks
 MAX_LISTED = 20  # distinct Hub repos / architectures named in a card's YAML header (the rest are counted)
 
 
@@ -57,6 +65,93 @@ def chunk_features(chunk_size: int) -> Features:
         {"model_id": Value("string"), **ints, "scale": Value("float32"), "split": Value("string"),
          "chunk": List(Value("float32"), length=chunk_size)}
     )
+
+
+# ---------------------------------------------------------------------------------- one writer, clear disk errors
+class OutputLocked(RuntimeError):
+    """Another live process is writing the same output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike):
+    """Hold the lock of output `folder` (`<parent>/.<name>.lock`, which names the owner's pid) for the block, or
+    raise `OutputLocked` at once. The lock is an `fcntl.flock`: the kernel drops it when its process dies, even by
+    SIGKILL, so a dead writer's lock never blocks (where `fcntl` is missing, no lock is taken); the file is removed
+    on release. Under the lock, what a killed run left beside `folder` is cleaned up: temporary siblings are removed,
+    and a previous output that `replace_dir` had moved aside when the run died is put back."""
+    folder = Path(folder).absolute()
+    path = folder.parent / f".{folder.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield path
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputLocked(f"{folder} is being written by another process (pid {owner}, lock file {path}); "
+                               "expected no other writer: wait for it to finish, or choose another output folder."
+                               ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break  # else its owner removed the file as we opened it: lock the new one
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        recover_temporaries(folder)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # still locked: whoever opened this file meanwhile sees it gone and retries
+        os.close(fd)
+
+
+def recover_temporaries(target: str | os.PathLike) -> None:
+    """Clean up what a killed writer of `target` left (call it only while no one writes `target`): its temporary
+    siblings (`utils.temporary_sibling`) are removed, and when `target` is missing but `replace_dir` had moved a
+    complete previous `target` aside, that one is put back."""
+    target = Path(target)
+    stale = {kind: sorted(target.parent.glob(f".{glob.escape(target.name)}.{kind}-????????"),
+                          key=lambda p: p.stat().st_mtime) for kind in ("tmp", "old")}
+    if stale["old"] and not target.exists():
+        os.replace(stale["old"].pop(), target)
+    for path in stale["tmp"] + stale["old"]:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def disk_full(err: BaseException | None) -> bool:
+    """True when `err` (or an error it was raised from) is a full disk, a quota or a file-size limit."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return True
+        if any(s in str(err) for s in ("No space left on device", "File too large", "Disk quota exceeded",
+                                        "PytorchStreamWriter failed writing")):
+            return True  # safetensors, pyarrow and torch.save wrap the OS error in their own type
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def clear_job_errors(prog: str, folder: str | os.PathLike):
+    """Turn `OutputLocked` and a full disk into one `<prog>: error: ...` line on stderr and exit status 1."""
+    try:
+        yield
+    except OutputLocked as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        print(f"{prog}: error: the disk is full (or a file-size limit was hit) while writing {folder}: {err}. "
+              "Expected room for the output: free space or choose another output folder, then run the same "
+              "command again (finished parts are kept; nothing half-written is left under a final name).",
+              file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 # ---------------------------------------------------------------------------------- build
@@ -163,29 +258,38 @@ def build_corpus(
     from datasets import load_from_disk
 
     output_dir = Path(output_dir).resolve()
-    if aggregation not in AGGREGATIONS or not isinstance(chunk_size, int) or chunk_size <= 0:
+    if (aggregation not in AGGREGATIONS or not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+            or not 0 < chunk_size <= MAX_CHUNK_SIZE):
         raise CorpusError(
-            f"Expected chunk_size > 0 and aggregation in {AGGREGATIONS}, got {chunk_size!r}, {aggregation!r}."
+            f"Expected 0 < chunk_size <= {MAX_CHUNK_SIZE} and aggregation in {AGGREGATIONS}, got {chunk_size!r}, "
+            f"{aggregation!r} (each tensor is padded to whole chunks: a huge chunk_size pads every tensor to it)."
         )
+    if writer_batch_size is not None and (not isinstance(writer_batch_size, int) or writer_batch_size < 1):
+        raise CorpusError(f"Expected writer_batch_size None or an int >= 1 (rows per Arrow write), got "
+                          f"{writer_batch_size!r}.")
+    exists = f"Output {output_dir} already exists; pass overwrite=True (CLI --overwrite) to replace it."
     if output_dir.exists() and not overwrite:
-        raise CorpusError(f"Output {output_dir} already exists; pass overwrite=True (CLI --overwrite) to replace it.")
+        raise CorpusError(exists)
     resolved = resolve_sources(list(map(str, sources)), splits)
     writer_batch_size = writer_batch_size or max(16, 2**20 // chunk_size)
-    tmp = temporary_sibling(output_dir)
-    try:
-        tmp.mkdir()
-        model_rows = _write_chunks(resolved, tmp / "chunks.arrow", chunk_size, aggregation, allow_pickle,
-                                   writer_batch_size)
-        corpus = DatasetDict({"chunks": Dataset.from_file(str(tmp / "chunks.arrow")),
-                              "models": Dataset.from_list(model_rows, features=MODEL_FEATURES)})
-        corpus.save_to_disk(str(tmp / "corpus"))
-        config = {"chunk_size": chunk_size, "aggregation": aggregation, "num_models": len(resolved)}
-        (tmp / "corpus" / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        corpus_card(corpus, config).save(tmp / "corpus" / "README.md")
-        del corpus  # release the cache files before moving
-        replace_dir(tmp / "corpus", output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with output_lock(output_dir):  # one writer; checked again: another may have finished meanwhile
+        if output_dir.exists() and not overwrite:
+            raise CorpusError(exists)
+        tmp = temporary_sibling(output_dir)  # built beside `output_dir`, then swapped in whole
+        try:
+            tmp.mkdir()
+            model_rows = _write_chunks(resolved, tmp / "chunks.arrow", chunk_size, aggregation, allow_pickle,
+                                       writer_batch_size)
+            corpus = DatasetDict({"chunks": Dataset.from_file(str(tmp / "chunks.arrow")),
+                                  "models": Dataset.from_list(model_rows, features=MODEL_FEATURES)})
+            corpus.save_to_disk(str(tmp / "corpus"))
+            config = {"chunk_size": chunk_size, "aggregation": aggregation, "num_models": len(resolved)}
+            (tmp / "corpus" / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            corpus_card(corpus, config).save(tmp / "corpus" / "README.md")
+            del corpus  # release the cache files before moving
+            replace_dir(tmp / "corpus", output_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return load_from_disk(str(output_dir))
 
 
@@ -265,15 +369,49 @@ def _check_hub_target(repo_id: str, revision: str | None) -> None:
 
 def load_corpus(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> DatasetDict:
     """A corpus from a `build_corpus` folder, or from a Hub dataset repo with configs "chunks" and "models"."""
-    from datasets import load_dataset, load_from_disk
+    from datasets import load_dataset
 
-    if Path(path_or_repo_id).exists():
-        return load_from_disk(str(path_or_repo_id))
-    _check_hub_target(str(path_or_repo_id), revision)
-    return DatasetDict(
-        {name: load_dataset(str(path_or_repo_id), name, split="train", revision=revision)
-         for name in ("chunks", "models")}
-    )
+    name = os.fspath(path_or_repo_id) if isinstance(path_or_repo_id, (str, os.PathLike)) else None
+    if not name:
+        raise CorpusError(f"Expected a corpus folder or a Hub dataset id 'org/name', got {path_or_repo_id!r}.")
+    folder = Path(name).expanduser()
+    if folder.exists():
+        return _load_corpus_folder(folder)
+    if looks_like_path(name):
+        raise CorpusError(f"No such corpus folder: {folder.resolve()} (given as {name!r}); expected a folder written "
+                          "by build-corpus / encode-corpus or a Hub dataset id 'org/name'.")
+    _check_hub_target(name, revision)
+    try:
+        return DatasetDict({part: load_dataset(name, part, split="train", revision=revision)
+                            for part in ("chunks", "models")})
+    except Exception as err:  # noqa: BLE001  (datasets raises many types for a missing or malformed repo)
+        at = f" at revision {revision!r}" if revision else ""
+        raise CorpusError(f"Cannot load the corpus {name!r}{at} from the Hub (expected configs 'chunks' and "
+                          f"'models'): {type(err).__name__}: {err}") from err
+
+
+def _load_corpus_folder(folder: Path) -> DatasetDict:
+    """`load_from_disk` of a corpus folder, its layout checked first (`dataset_dict.json`, `chunks/`, `models/`,
+    data files named inside their split folder) and any read error named."""
+    from datasets import load_from_disk
+
+    expected = "expected what build-corpus writes: dataset_dict.json, chunks/ and models/"
+    try:
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        for split in splits:
+            state = json.loads((folder / split / "state.json").read_text())
+            names = [f["filename"] for f in state["_data_files"]]
+            if any(Path(n).name != n for n in names):
+                raise CorpusError(f"{folder / split / 'state.json'} names data files outside its folder {names[:3]}; "
+                                  "expected plain file names.")
+        if not {"chunks", "models"} <= set(splits):
+            raise CorpusError(f"{folder} holds the splits {splits}; {expected}.")
+        return load_from_disk(str(folder))
+    except CorpusError:
+        raise
+    except Exception as err:  # noqa: BLE001  (json, OSError, pyarrow's ArrowInvalid ... on a damaged folder)
+        raise CorpusError(f"{folder} is not a readable corpus ({type(err).__name__}: {err}); {expected} (rebuild "
+                          "it).") from err
 
 
 def push_corpus(corpus: DatasetDict | str | os.PathLike, repo_id: str, *, revision: str | None = None,
@@ -326,14 +464,29 @@ def corpus_model_weights(
         if model_id not in ids:
             raise KeyError(f"Model {model_id!r} is not in the corpus; it holds {len(ids)} models, e.g. {ids[:5]}.")
         row = models[ids.index(model_id)]
-    layout = ParamLayout.from_json(row["layout"])
+    try:
+        layout = ParamLayout.from_json(row["layout"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CorpusError(f"The corpus's models row of {model_id!r} holds no valid layout JSON ({type(err).__name__}: "
+                          f"{err}); the corpus is damaged: rebuild it.") from err
     chunks_table = corpus["chunks"]
     start, n = row["first_chunk"], row["num_chunks"]
-    part = chunks_table.select(range(start, start + n)) if start + n <= len(chunks_table) else None
+    ok = isinstance(start, int) and isinstance(n, int) and 0 <= start and 0 <= n and start + n <= len(chunks_table)
+    part = chunks_table.select(range(start, start + n)) if ok else None
     if part is None or set(part["model_id"]) != {model_id} or list(part["chunk_index"]) != list(range(n)):
         part = chunks_table.filter(lambda m: m == model_id, input_columns="model_id").sort("chunk_index")
+    if len(part) == 0:
+        raise CorpusError(f"Model {model_id!r} has no rows in the corpus's chunks table; the corpus is damaged: "
+                          "rebuild it.")
     chunks = part.with_format("torch", columns=["chunk"])[:]["chunk"].to(torch.float32)  # (N, C)
-    return unchunk(chunks, layout, row["aggregation"]), layout
+    if not bool(torch.isfinite(chunks).all()):
+        raise CorpusError(f"Model {model_id!r} has {int((~torch.isfinite(chunks)).sum())} non-finite values in the "
+                          "corpus's chunks table (build_corpus refuses NaN/Inf weights): the corpus is damaged.")
+    try:
+        return unchunk(chunks, layout, row["aggregation"]), layout
+    except ValueError as err:
+        raise CorpusError(f"Model {model_id!r}: its {len(part)} chunk rows do not fit its layout "
+                          f"({row['aggregation']!r} aggregation): {err}") from err
 
 
 def chunk_batch(chunks: Dataset, indices, columns: tuple[str, ...] = ("chunk", "scale", "num_valid", "tensor_index",
@@ -362,12 +515,16 @@ def cli_build_corpus(argv: list[str]) -> int:
     parser.add_argument("--allow_pickle", action="store_true", help="accept pytorch_model.bin (weights_only=True)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    if args.zoo_dir and not (Path(args.zoo_dir) / "manifest.json").is_file():
+        parser.error(f"--zoo_dir {args.zoo_dir} holds no manifest.json; expected a zoo built by hf-paramgen build-zoo "
+                     "(give checkpoint folders with --sources).")
     try:
-        corpus = build_corpus(
-            args.sources or [args.zoo_dir], args.output_dir, chunk_size=args.chunk_size, aggregation=args.aggregation,
-            allow_pickle=args.allow_pickle, splits=args.splits, writer_batch_size=args.writer_batch_size,
-            overwrite=args.overwrite,
-        )
+        with clear_job_errors(parser.prog, args.output_dir):
+            corpus = build_corpus(
+                args.sources or [args.zoo_dir], args.output_dir, chunk_size=args.chunk_size,
+                aggregation=args.aggregation, allow_pickle=args.allow_pickle, splits=args.splits,
+                writer_batch_size=args.writer_batch_size, overwrite=args.overwrite,
+            )
     except CorpusError as err:
         parser.exit(1, f"hf-paramgen build-corpus: error: {err}\n")
     models = corpus["models"]

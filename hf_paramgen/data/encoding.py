@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import DatasetDict, List, Value
 
-from ..utils import replace_dir, temporary_sibling
+from ..utils import load_pretrained, replace_dir, temporary_sibling
 from .collate import tokenizer_inputs
-from .corpus import load_corpus
+from .corpus import clear_job_errors, load_corpus, output_lock
 
 CODES_COLUMN = "codes_param_tokenizer"  # models-table column: fingerprint of the ParamTokenizer that made `codes`
 # config fields that, with the weights, decide the codes a ParamTokenizer gives
@@ -50,6 +52,9 @@ def param_tokenizer_fingerprint(param_tokenizer) -> str:
 
 def _encode_batch(batch: dict, param_tokenizer) -> dict:
     c, t = param_tokenizer.config.chunk_size, param_tokenizer.config.codes_per_chunk
+    if not np.isfinite(np.asarray(batch["chunk"], dtype=np.float32)).all():
+        raise ValueError("The corpus's chunks table holds NaN/Inf weights (build_corpus refuses them): the corpus is "
+                         "damaged; rebuild it before encoding.")
     inputs = tokenizer_inputs(batch, c)
     codes = param_tokenizer.encode_chunks(inputs["chunks"], inputs["chunk_position"])  # (B*m, T)
     num_valid = np.asarray(batch["num_valid"], dtype=np.int64)
@@ -95,8 +100,24 @@ def cached_codes_usable(corpus: DatasetDict, param_tokenizer, model_ids=None) ->
         return False
     fingerprint = param_tokenizer_fingerprint(param_tokenizer)
     wanted = None if model_ids is None else set(model_ids)
-    return all(fp == fingerprint for mid, fp in zip(models["model_id"], models[CODES_COLUMN], strict=False)
+    same = all(fp == fingerprint for mid, fp in zip(models["model_id"], models[CODES_COLUMN], strict=False)
                if wanted is None or mid in wanted)
+    return same and _codes_in_range(corpus["chunks"], param_tokenizer.config.codebook_size)
+
+
+def _codes_in_range(chunks, codebook_size: int) -> bool:
+    """The `codes` column holds codes of the codebook and `num_codes` fits each row (a damaged cache: encode again)."""
+    import pyarrow.compute as pc
+
+    table = chunks.with_format("arrow")[:].select(["codes", "num_codes"])
+    if table.num_rows == 0:
+        return True
+    codes = pc.list_flatten(table.column("codes"))
+    lo, hi = pc.min_max(codes).values()
+    n_lo, n_hi = pc.min_max(table.column("num_codes")).values()
+    width = table.schema.field("codes").type.list_size
+    return (lo.as_py() >= 0 and hi.as_py() < codebook_size and n_lo.as_py() >= 0
+            and n_hi.as_py() <= width)
 
 
 def corpus_codes(corpus: DatasetDict, rows: list[dict]) -> list[torch.Tensor]:
@@ -134,22 +155,28 @@ def corpus_model_codes(corpus: DatasetDict, row: dict) -> torch.Tensor:
 
 def cli_encode_corpus(argv: list[str]) -> int:
     """`hf-paramgen encode-corpus --corpus PATH --param_tokenizer DIR_OR_ID --output_dir DIR`."""
-    from transformers import AutoModel
-
     p = argparse.ArgumentParser(prog="hf-paramgen encode-corpus", description=encode_corpus.__doc__.splitlines()[0])
     p.add_argument("--corpus", required=True, help="corpus folder (save_to_disk) or Hub dataset id")
     p.add_argument("--param_tokenizer", required=True, help="ParamTokenizer folder or Hub id")
     p.add_argument("--output_dir", required=True, help="encoded corpus folder (train-prior --corpus reads it)")
     p.add_argument("--batch_size", type=int, default=4096)
     args = p.parse_args(argv)
-    from ..models.modeling_param_tokenizer import register
+    if args.batch_size < 1:
+        p.error(f"--batch_size must be >= 1 (chunk rows encoded at a time), got {args.batch_size}.")
+    if Path(args.output_dir).exists() and not (Path(args.output_dir) / "dataset_dict.json").is_file():
+        p.error(f"--output_dir {args.output_dir} exists and is not a corpus folder; expected a new folder or an "
+                "earlier encode-corpus output to replace.")
+    from ..models.modeling_param_tokenizer import ParamTokenizer
 
-    register()
-    param_tokenizer = AutoModel.from_pretrained(args.param_tokenizer)
+    param_tokenizer = load_pretrained(ParamTokenizer, args.param_tokenizer, "--param_tokenizer")
     encoded = encode_corpus(load_corpus(args.corpus), param_tokenizer, batch_size=args.batch_size)
-    tmp = temporary_sibling(args.output_dir)
-    encoded.save_to_disk(str(tmp))
-    replace_dir(tmp, args.output_dir)
+    with clear_job_errors(p.prog, args.output_dir), output_lock(args.output_dir):
+        tmp = temporary_sibling(args.output_dir)
+        try:
+            encoded.save_to_disk(str(tmp))
+            replace_dir(tmp, args.output_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     codes = np.asarray(encoded["chunks"].select(range(min(len(encoded["chunks"]), 1)))["codes"])
     print(json.dumps({"output_dir": str(args.output_dir), "num_chunks": len(encoded["chunks"]),
                       "codes_shape": list(codes.shape), CODES_COLUMN: encoded["models"][0][CODES_COLUMN]

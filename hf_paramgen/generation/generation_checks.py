@@ -4,6 +4,7 @@ a limit (`max_memory_bytes`, default half the available memory)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import re
@@ -32,6 +33,47 @@ def check_seed(seed) -> int | None:
     if not _SEED_RANGE[0] <= int(seed) <= _SEED_RANGE[1]:
         raise ValueError(f"seed must lie in [{_SEED_RANGE[0]}, {_SEED_RANGE[1]}] (torch.manual_seed), got {seed}.")
     return int(seed)
+
+
+SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")  # sampling options a generation call takes
+
+
+def check_sampling(sampling: dict, extra: tuple[str, ...] = ()) -> dict:
+    """`sampling` checked before any work: only `SAMPLING_KEYS` (and `extra`) with `do_sample` a bool,
+    `temperature` a finite number > 0, `top_k` an int >= 0 (0: off) and `top_p` a number in (0, 1]; None values
+    are dropped. `TypeError` for an unknown option or a value of the wrong type, `ValueError` for one out of range."""
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS) - set(extra))
+    if unknown:
+        raise TypeError(f"Unknown generation options {unknown}; expected the sampling options {list(SAMPLING_KEYS)}"
+                        f"{f' or {list(extra)}' if extra else ''}.")
+    out = {k: v for k, v in sampling.items() if v is not None}
+
+    def number(name: str, integer: bool = False):
+        value = out[name]
+        kinds = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            want = "an int" if integer else "a number"
+            raise TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}.")
+        return value
+
+    if "do_sample" in out and not isinstance(out["do_sample"], bool):
+        raise TypeError(f"do_sample must be True or False, got {type(out['do_sample']).__name__} "
+                        f"{out['do_sample']!r}.")
+    if "temperature" in out and not (math.isfinite(number("temperature")) and out["temperature"] > 0):
+        raise ValueError(f"temperature must be a finite number > 0 (1.0: the prior's distribution), got "
+                         f"{out['temperature']!r}.")
+    if "top_k" in out and number("top_k", integer=True) < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0: no top-k filtering), got {out['top_k']!r}.")
+    if "top_p" in out and not (math.isfinite(number("top_p")) and 0 < out["top_p"] <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1] (1: no nucleus filtering), got {out['top_p']!r}.")
+    return out
+
+
+def check_flag(value, name: str) -> bool:
+    """A boolean option (`TypeError` for anything else)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
+    return value
 
 
 def check_task_text(task_text) -> str:

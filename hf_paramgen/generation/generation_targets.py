@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
-from ..layout.chunking import chunk_positions
+from ..layout.chunking import num_chunks
 from ..layout.param_layout import KINDS, LayoutError, ParamLayout
 
 
@@ -54,8 +54,14 @@ def check_pair(samples, layout: ParamLayout | None, name: str) -> tuple[Any, tor
         raise TypeError(f"{name} must be a pair (X, y) of inputs and their labels, got X={_describe(X)} and "
                         f"y={_describe(y)}: give both.")
     if not is_texts(X):
+        if isinstance(X, torch.Tensor) and (X.is_meta or X.is_complex()):
+            raise TypeError(f"{name} X must be real numbers with values, got a {'meta' if X.is_meta else X.dtype} "
+                            f"tensor of shape {tuple(X.shape)}: pass real-valued inputs.")
         try:
-            values = torch.as_tensor(X).float() if not isinstance(X, torch.Tensor) else X.detach().float()
+            values = torch.as_tensor(X) if not isinstance(X, torch.Tensor) else X.detach()
+            if values.is_complex():
+                raise TypeError(f"complex values ({values.dtype}) have no real order")
+            values = values.float()
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(f"{name} X must be numeric inputs (n, ...) (a tensor or an array) or a list of texts, "
                             f"got {_describe(X)} ({err}).") from err
@@ -173,7 +179,10 @@ def check_layout(layout: ParamLayout, prior_config, tokenizer_config) -> None:
     """Raise `GenerationError` (`LayoutError`) when the prior (the ParamTokenizer) cannot express `layout`."""
     cfg, tok = prior_config, tokenizer_config
     if len(layout) == 0:
-        raise GenerationError("The target layout has no tensors.")
+        raise GenerationError("The target layout has no tensors: expected a target with at least one parameter.")
+    if layout.num_params == 0:
+        raise GenerationError(f"The target layout has no weights to generate: its {len(layout)} tensors are all of "
+                              "size 0; expected a target with at least one parameter.")
     kinds = {s.kind for s in layout.specs}
     bad = sorted(k for k in kinds if KINDS.index(k) >= cfg.num_kinds)
     if bad:
@@ -182,8 +191,10 @@ def check_layout(layout: ParamLayout, prior_config, tokenizer_config) -> None:
         if len(layout) > cfg.max_tensors:
             raise GenerationError(f"The target has {len(layout)} tensors; the prior's table holds "
                                   f"max_tensors={cfg.max_tensors}.")
-        position, _ = chunk_positions(layout, tok.chunk_size, tok.aggregation)  # (N, 3)
-        most = int(position[:, 1].max()) + 1
+        # chunks of the longest tensor ("layer"), or of the whole network ("architecture": one global index);
+        # counted, not built, so a huge target costs nothing here
+        most = (max(-(-s.numel // tok.chunk_size) for s in layout.specs) if tok.aggregation == "layer"
+                else num_chunks(layout, tok.chunk_size, tok.aggregation))
         if most > cfg.max_chunks_per_tensor:
             raise GenerationError(f"A tensor of the target spans {most} chunks; the prior's table holds "
                                   f"max_chunks_per_tensor={cfg.max_chunks_per_tensor}.")

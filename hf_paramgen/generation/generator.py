@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,15 @@ from ..layout.param_layout import ParamLayout
 from ..models.modeling_param_prior import ParamPriorForCausalLM
 from ..models.modeling_param_tokenizer import ParamTokenizer
 from ..utils import accuracy, replace_dir, temporary_sibling
-from .generation_checks import check_forward, check_memory, check_seed, check_task_text, check_word_lengths
+from .generation_checks import (
+    check_flag,
+    check_forward,
+    check_memory,
+    check_sampling,
+    check_seed,
+    check_task_text,
+    check_word_lengths,
+)
 from .generation_targets import (
     GenerationError,
     build_model,
@@ -56,6 +65,7 @@ from .generator_loading import (
 
 DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}
 DECODINGS = ("sample", "mean")
+EXTRA_SAMPLING = ("block_window",)  # generate_codes options accepted next to the sampling options
 
 
 def resolve_decoding(param_tokenizer_config, decoding: str | None) -> str:
@@ -129,6 +139,10 @@ class ParamGenerator:
         max_memory_bytes: a generation call whose estimated memory (KV cache, probabilities, decoded weights)
             exceeds this is refused before any work (`GenerationError`); None (default): half the memory available
             on the prior's device at call time.
+
+    Thread safety: one generator may serve several threads. Checks, encoding and validation scoring run
+    concurrently; sampling (`sample`: the global RNG seeded for the call, the prior's `generate`) holds a lock, so a
+    seeded call gives the same weights whatever runs beside it.
     """
 
     def __init__(self, prior: ParamPriorForCausalLM, param_tokenizer: ParamTokenizer,
@@ -143,6 +157,7 @@ class ParamGenerator:
         self.sample_encoders = dict(sample_encoders or {})
         self._text_encoder = text_encoder
         self._text_encoder_kwargs = dict(text_encoder_kwargs or {})
+        self._lock = threading.RLock()  # sampling is not reentrant: the global RNG and the prior's generate
 
     @property
     def text_encoder_name(self) -> str:
@@ -151,7 +166,9 @@ class ParamGenerator:
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            self._text_encoder = make_text_encoder(self.text_encoder_name, **self._text_encoder_kwargs)
+            with self._lock:  # built once, even when threads ask at the same time
+                if self._text_encoder is None:
+                    self._text_encoder = make_text_encoder(self.text_encoder_name, **self._text_encoder_kwargs)
         return self._text_encoder
 
     # -------------------------------------------------------------- persistence
@@ -198,6 +215,9 @@ class ParamGenerator:
                 load (naming the truncated file or the config field that does not match the weights), or a
                 ParamTokenizer whose weights are not those the prior was trained with (`param_tokenizer_sha256`).
         """
+        if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
+            raise GenerationError(f"Expected a generator folder or a Hub repo id 'org/name', got "
+                                  f"{type(name_or_path).__name__} {name_or_path!r}.")
         GeneratorSource(name_or_path, subfolder, revision, cache_dir, token, local_files_only)  # checks the names
         revision = resolve_commit(name_or_path, revision, cache_dir, token, local_files_only)
         hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
@@ -286,6 +306,11 @@ class ParamGenerator:
             out = encode_instruction(inst, enc, self.prior.config.max_condition_tokens)
         except ValueError as err:
             raise GenerationError(str(err)) from err
+        width, expected = out.condition_embeds.shape[-1], self.prior.config.condition_dim
+        if width != expected:
+            raise GenerationError(f"The condition encoders give vectors of width {width} (text encoder "
+                                  f"{self.text_encoder_name!r}), but the prior reads condition_dim={expected}: the "
+                                  "generator's text encoder or sample encoders are not the ones it was trained with.")
         return out.as_model_kwargs()
 
     # -------------------------------------------------------------- generation, in three steps
@@ -333,18 +358,21 @@ class ParamGenerator:
         The request's memory is checked first (`check_memory`)."""
         tok = self.param_tokenizer.config
         seed = check_seed(seed)
+        sampling = check_sampling(sampling, EXTRA_SAMPLING)
+        check_flag(show_progress, "show_progress")
         mean = resolve_decoding(tok, decoding) == "mean"
         self.check_memory(layout, num_candidates, decoding)
-        out = self.prior.generate_codes(**condition, layout=layout, chunk_size=tok.chunk_size,
-                                        aggregation=tok.aggregation, num_candidates=num_candidates, seed=seed,
-                                        show_progress=show_progress, return_probs=mean,
-                                        **{**DEFAULT_SAMPLING, **sampling})  # codes (k, N, T) [, probs (k, N, T, K)]
-        if mean:
-            codes, probs = out
-            state_dicts = [self.param_tokenizer.decode_expected(p, layout) for p in probs]
-        else:
-            codes = out
-            state_dicts = [self.param_tokenizer.decode(c, layout) for c in codes]
+        with self._lock:  # the RNG is global and seeded per call: one sampling at a time
+            out = self.prior.generate_codes(**condition, layout=layout, chunk_size=tok.chunk_size,
+                                            aggregation=tok.aggregation, num_candidates=num_candidates, seed=seed,
+                                            show_progress=show_progress, return_probs=mean,
+                                            **{**DEFAULT_SAMPLING, **sampling})  # codes (k, N, T) [, probs]
+            if mean:
+                codes, probs = out  # probs (k, N, T, K)
+                state_dicts = [self.param_tokenizer.decode_expected(p, layout) for p in probs]
+            else:
+                codes = out
+                state_dicts = [self.param_tokenizer.decode(c, layout) for c in codes]
         return codes.cpu(), [{k: v.cpu() for k, v in sd.items()} for sd in state_dicts]
 
     def select(self, prepared: dict[str, Any], codes: torch.LongTensor, state_dicts: list[dict[str, torch.Tensor]],
@@ -395,11 +423,14 @@ class ParamGenerator:
             on_unseen_layout: a target whose tensor shapes match no layout the generator was trained on is
                 generated with a `UserWarning` and flagged `out_of_distribution` ("warn", default) or refused
                 ("error"). Tensor kinds it never saw are always refused.
-            **sampling: `generate` options (default `do_sample=True, temperature=1.0, top_k=0`).
+            **sampling: `do_sample`, `temperature`, `top_k`, `top_p` (default `do_sample=True, temperature=1.0,
+                top_k=0`) and `block_window` (codes of the previous block kept when the network spans several).
         """
         num_candidates = resolve_num_candidates(num_candidates, num_samples)
         decoding = resolve_decoding(self.param_tokenizer.config, decoding)
         seed = check_seed(seed)
+        sampling = check_sampling(sampling, EXTRA_SAMPLING)
+        check_flag(show_progress, "show_progress")
         prepared = self.prepare(target, task_text, samples, validation, on_unseen_layout, num_candidates, decoding)
         codes, state_dicts = self.sample(prepared["condition"], prepared["layout"], num_candidates, seed, decoding,
                                          show_progress, **sampling)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ TOKENIZER_SUBFOLDER = "param_tokenizer"
 SAMPLE_ENCODERS_SUBFOLDER = "sample_encoders"
 WEIGHTS_NAME = "model.safetensors"  # what `save_pretrained` writes for the ParamTokenizer and the sample encoders
 SAMPLE_ENCODER_FILES = ("config.json", WEIGHTS_NAME)
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtypes a floating-point parameter may be stored in
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -145,6 +147,33 @@ class GeneratorSource:
         return GenerationError(f"{model_class.__name__} of {self.name!r} does not load: {why}")
 
 
+def _not_loaded(source: GeneratorSource, what: str, err: Exception) -> GenerationError:
+    """A `GenerationError` for a component that did not load and that `explain_load_error` could not explain."""
+    where = _join(source.name, source.subfolder) if source.name else "the given prior"
+    revision = source.hub.get("revision")
+    return GenerationError(f"The {what} of the generator {where!r}{f' (revision {revision})' if revision else ''} "
+                           f"does not load: {type(err).__name__}: {err}. Expected a folder or repo as "
+                           "ParamGenerator.save_pretrained writes it (check the name, the revision and, offline, "
+                           "the HF cache).")
+
+
+def check_stored_dtypes(model, weights: Path | None, where: str) -> None:
+    """Refuse a weights file that stores a floating-point parameter as integers or booleans (a corrupted file, or
+    one saved from another model): `from_pretrained` would cast it silently. Reads the safetensors header only."""
+    if weights is None or not Path(weights).is_file():
+        return
+    from safetensors import safe_open
+
+    expected = {k: v.dtype for k, v in model.state_dict().items()}
+    with safe_open(str(weights), framework="pt") as f:
+        bad = [(k, f.get_slice(k).get_dtype()) for k in f.keys()
+               if k in expected and expected[k].is_floating_point and f.get_slice(k).get_dtype() not in FLOAT_DTYPES]
+    if bad:
+        raise GenerationError(f"{where}: {weights} stores floating-point parameters as {sorted({d for _, d in bad})} "
+                              f"(e.g. {bad[0][0]!r} as {bad[0][1]}); expected one of {FLOAT_DTYPES}. The file is "
+                              "corrupted or comes from another model: save or download the generator again.")
+
+
 def load_prior(source: GeneratorSource) -> ParamPriorForCausalLM:
     """The prior at the root of the generator (folder or repo), its load failures explained."""
     if source.folder is not None and not (source.folder / "config.json").is_file():
@@ -152,12 +181,11 @@ def load_prior(source: GeneratorSource) -> ParamPriorForCausalLM:
         raise GenerationError(f"{source.folder} is not a generator folder: it holds no config.json (found: {found}). "
                               "Expected what ParamGenerator.save_pretrained writes.")
     try:
-        return ParamPriorForCausalLM.from_pretrained(source.name, subfolder=source.subfolder or "", **source.hub)
+        prior = ParamPriorForCausalLM.from_pretrained(source.name, subfolder=source.subfolder or "", **source.hub)
     except Exception as err:
-        explained = source.explain(ParamPriorForCausalLM)
-        if explained is None:
-            raise
-        raise explained from err
+        raise (source.explain(ParamPriorForCausalLM) or _not_loaded(source, "prior", err)) from err
+    check_stored_dtypes(prior, source.cached(WEIGHTS_NAME), f"The prior of {source.name!r}")
+    return prior
 
 
 def _load_checked(source: GeneratorSource, config, sub: str, load) -> ParamTokenizer:
@@ -165,11 +193,9 @@ def _load_checked(source: GeneratorSource, config, sub: str, load) -> ParamToken
     try:
         tokenizer = load()
     except Exception as err:
-        explained = source.explain(ParamTokenizer, sub)
-        if explained is None:
-            raise
-        raise explained from err
+        raise (source.explain(ParamTokenizer, sub) or _not_loaded(source, "ParamTokenizer", err)) from err
     check_compatible(config, tokenizer.config)
+    check_stored_dtypes(tokenizer, source.cached(_join(sub, WEIGHTS_NAME)), f"The ParamTokenizer in {sub}/")
     return tokenizer
 
 
@@ -232,11 +258,54 @@ def load_sample_encoders(source: GeneratorSource, config) -> dict[str, SampleEnc
         relative = _join(SAMPLE_ENCODERS_SUBFOLDER, name)
         try:
             paths = [source.download(_join(relative, f)) for f in SAMPLE_ENCODER_FILES]
+        except Exception as err:
+            raise _not_loaded(source, f"sample encoder {name!r}", err) from err
+        check_sample_encoder_files(*paths)
+        try:
             with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub's mixin prints a notice for local folders
                 encoders[name] = SampleEncoder.from_pretrained(paths[0].parent)
         except Exception as err:
-            explained = source.explain(SampleEncoder, relative)
-            if explained is None:
-                raise
-            raise explained from err
+            raise (source.explain(SampleEncoder, relative) or _not_loaded(source, f"sample encoder {name!r}", err)
+                   ) from err
+        check_stored_dtypes(encoders[name], paths[1], f"The sample encoder {name!r}")
     return encoders
+
+
+def check_sample_encoder_files(config_file: Path, weights: Path) -> None:
+    """A sample encoder's `config.json` (positive int `num_features` and `dim`) must describe the shapes its
+    weights were saved with (`mean` (num_features,), `projection` (num_features, dim)), checked before the encoder
+    is built: a lying config would otherwise allocate its projection first (a 10**6 x 10**6 one: 4 TB)."""
+    from ..utils import safetensors_shapes
+
+    for path in (config_file, weights):
+        if not Path(path).is_file():
+            found = sorted(p.name for p in Path(path).parent.iterdir()) if Path(path).parent.is_dir() else "no folder"
+            raise GenerationError(f"Sample encoder folder {Path(path).parent} holds no {Path(path).name} (found: "
+                                  f"{found}); expected {list(SAMPLE_ENCODER_FILES)} as SampleEncoder.save_pretrained "
+                                  "writes them.")
+    try:
+        config = json.loads(Path(config_file).read_text())
+    except (OSError, ValueError) as err:
+        raise GenerationError(f"{config_file} is not valid JSON ({err}); expected the config "
+                              "SampleEncoder.save_pretrained writes.") from err
+    if not isinstance(config, dict):
+        raise GenerationError(f"{config_file} holds a JSON {type(config).__name__}, expected an object with "
+                              "num_features and dim.")
+    values = {"num_features": config.get("num_features"), "dim": config.get("dim", 384)}
+    for field_name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise GenerationError(f"{config_file}: {field_name} must be a positive int, got {value!r}.")
+    try:
+        shapes = safetensors_shapes(weights)
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own SafetensorError on bad bytes)
+        raise GenerationError(f"{weights} is truncated or corrupted: safetensors cannot read it ({err}). Download or "
+                              "save the generator again.") from err
+    n, d = values["num_features"], values["dim"]
+    for name, expected in (("mean", (n,)), ("projection", (n, d))):
+        stored = shapes.get(name)
+        if stored is None or tuple(stored) == expected:
+            continue
+        field_name, truth = ("num_features", stored[0]) if stored[0] != n else ("dim", stored[-1])
+        raise GenerationError(f"{config_file} says {field_name}={values[field_name]}, but {weights} was saved with "
+                              f"{field_name}={truth} ({name}: {list(stored)} stored, {list(expected)} from the "
+                              f"config); restore {field_name}={truth} or save the sample encoder again.")

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, Pipeline
 
 from ..conditioning.samples import SampleEncoder
 from ..models.modeling_param_tokenizer import ParamTokenizer
-from .generation_checks import check_seed
+from .generation_checks import SAMPLING_KEYS, check_flag, check_sampling, check_seed
 from .generation_targets import ON_UNSEEN_LAYOUT
 from .generator import ParamGenerator, resolve_decoding, resolve_num_candidates
 from .generator_loading import resolve_commit
@@ -40,7 +40,6 @@ TASK = "parameter-generation"
 REMOTE_TASK = "remote-parameter-generation"
 PIPELINE_FILE = __file__  # the entry module of a generator repo's remote code
 OUTPUTS = ("model", "peft", "state_dict")
-SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")
 
 
 def custom_pipelines() -> dict:
@@ -93,13 +92,24 @@ class ParameterGenerationPipeline(Pipeline):
             sample_encoders=sample_encoders, max_memory_bytes=max_memory_bytes)
         self.param_tokenizer = self.generator.param_tokenizer.to(self.device)
 
+    def __call__(self, inputs=None, *args, **kwargs):
+        """`Pipeline.__call__`, refusing an empty batch (transformers would fail on it with an IndexError).
+
+        Thread safety: one pipeline object may serve several threads at once; the sampling step (global RNG seeded
+        per call, the prior's `generate`) runs under the generator's lock, so each call gives what the same call
+        gives alone (same seed, same weights)."""
+        if isinstance(inputs, list) and not inputs:
+            raise ValueError("parameter-generation got an empty list: expected an input dict {'target', 'task_text', "
+                             "...} or a non-empty list of them.")
+        return super().__call__(inputs, *args, **kwargs)
+
     def _sanitize_parameters(self, num_candidates=None, seed=None, output=None, show_progress=None, decoding=None,
                              num_samples=None, on_unseen_layout=None, **sampling):
         unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
         if unknown:
             raise TypeError(f"Unknown parameter-generation options {unknown}; expected num_candidates, seed, output, "
                             f"show_progress, decoding, on_unseen_layout or sampling options {list(SAMPLING_KEYS)}.")
-        forward = {k: v for k, v in sampling.items() if v is not None}
+        forward = check_sampling(sampling)
         if decoding is not None:
             forward["decoding"] = resolve_decoding(self.param_tokenizer.config, decoding)
         num_candidates = resolve_num_candidates(num_candidates, num_samples, default=None)
@@ -108,7 +118,7 @@ class ParameterGenerationPipeline(Pipeline):
         if seed is not None:
             forward["seed"] = check_seed(seed)
         if show_progress is not None:
-            forward["show_progress"] = show_progress
+            forward["show_progress"] = check_flag(show_progress, "show_progress")
         post = {}
         if output is not None:
             if output not in OUTPUTS:

@@ -139,6 +139,13 @@ class ParamPriorConfig(PreTrainedConfig):
         self.param_tokenizer_subfolder = param_tokenizer_subfolder
         self.param_tokenizer_sha256 = param_tokenizer_sha256
         self.text_encoder = TEXT_ENCODER_ALIASES.get(text_encoder, text_encoder or DEFAULT_TEXT_ENCODER)
+        if sample_encoders is not None and (not isinstance(sample_encoders, (list, tuple))
+                                            or not all(isinstance(n, str) for n in sample_encoders)):
+            raise ValueError(f"ParamPriorConfig.sample_encoders must be a list of encoder names, got "
+                             f"{sample_encoders!r}.")
+        if layouts is not None and not isinstance(layouts, dict):
+            raise ValueError(f"ParamPriorConfig.layouts must be a dict name -> layout JSON, got "
+                             f"{type(layouts).__name__} {layouts!r:.80}.")
         self.sample_encoders = list(sample_encoders or [])
         self.layouts = dict(layouts or {})
         self.initializer_range = initializer_range
@@ -216,6 +223,23 @@ class ParamPriorConfig(PreTrainedConfig):
         return ParamLayout.from_json(value) if isinstance(value, str) else ParamLayout.from_dict(value)
 
     # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_layout_entry(name, value) -> None:
+        """One `layouts` entry: a name and a layout as `ParamLayout.to_json()` writes it (or its dict)."""
+        import json
+
+        data = value
+        if isinstance(value, str):
+            try:
+                data = json.loads(value)
+            except ValueError as err:
+                raise ValueError(f"ParamPriorConfig.layouts[{name!r}] is not layout JSON ({err}); expected "
+                                 "ParamLayout.to_json().") from err
+        specs = data.get("specs") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not isinstance(specs, list) or not all(isinstance(x, dict) for x in specs):
+            raise ValueError(f"ParamPriorConfig.layouts[{name!r}] must be a layout (ParamLayout.to_json(): an object "
+                             f"with a list of 'specs'), got {value!r:.120}.")
+
     def _validate(self, decoder_vocab: int | None = None) -> None:
         positive = ("codebook_size", "codes_per_chunk", "num_special_tokens", "condition_dim", "max_condition_tokens",
                     "num_condition_types", "num_kinds", "max_tensors", "max_chunks_per_tensor",
@@ -257,3 +281,10 @@ class ParamPriorConfig(PreTrainedConfig):
         if not isinstance(self.text_encoder, str) or not self.text_encoder:
             raise ValueError(f"ParamPriorConfig.text_encoder must be a Hub id, folder or 'hashing:<dim>', "
                              f"got {self.text_encoder!r}.")
+        if self.text_encoder.startswith("hashing:"):
+            dim = self.text_encoder.split(":", 1)[1]
+            if not dim.isdigit() or int(dim) <= 0:
+                raise ValueError(f"ParamPriorConfig.text_encoder {self.text_encoder!r} must be 'hashing:<dim>' with "
+                                 f"dim a positive int (the condition_dim, {self.condition_dim}).")
+        for name, value in self.layouts.items():
+            self._check_layout_entry(name, value)

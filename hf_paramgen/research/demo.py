@@ -84,6 +84,11 @@ def cli_demo(argv: list[str]) -> int:
     p.add_argument("--num_tasks", type=int, default=4, help="held-out tasks evaluated")
     p.add_argument("--k", type=int, default=4, help="candidates generated per instruction (best of k on validation)")
     args = p.parse_args(argv)
+    for name in ("tokenizer_steps", "prior_steps", "stage_seconds", "prior_seconds", "num_tasks", "k"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        p.error(f"--output_dir {args.output_dir} is a file; expected a folder (new, or a demo run to resume).")
     start = time.perf_counter()
     results = run_demo(args.output_dir, args.tokenizer_steps, args.prior_steps, args.stage_seconds, args.num_tasks,
                        args.k, args.prior_seconds)

@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
+from ..data.corpus import clear_job_errors, output_lock
 from ..generation.generator import DECODINGS, GenerationResult, ParamGenerator, resolve_num_candidates
+from ..utils import replace_dir, temporary_sibling
 from .architectures import build_model
 from .samples import FEW_SHOT_PER_CLASS
 from .tasks import Task, few_shot_samples, load_task_split
 from .zoo import evaluate_accuracy
 
-__all__ = ["generate_for_task", "cli_generate"]
+__all__ = ["generate_for_task", "save_model_folder", "cli_generate"]
 
 
 def generate_for_task(generator: ParamGenerator, task: Task, architecture: str, num_candidates: int | None = None,
@@ -38,6 +43,18 @@ def generate_for_task(generator: ParamGenerator, task: Task, architecture: str, 
                               decoding=decoding, **sampling)
 
 
+def save_model_folder(model, output_dir: str | os.PathLike) -> None:
+    """`model.save_pretrained` into a temporary sibling of `output_dir`, then swapped in whole (`replace_dir`), under
+    the folder's lock: a kill or a full disk never leaves a half-written network under `output_dir`."""
+    with output_lock(output_dir):
+        tmp = temporary_sibling(output_dir)
+        try:
+            model.save_pretrained(tmp)
+            replace_dir(tmp, output_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-paramgen generate", description=cli_generate.__doc__)
     parser.add_argument("--generator", required=True, help="generator folder or Hub repo id")
@@ -59,10 +76,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli_generate(argv: list[str]) -> int:
     """`hf-paramgen generate`: generate nets for a zoo task and save the best one (a `ZooNet` folder)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        classes = [int(c) for c in args.classes.split(",")]
+    except ValueError:
+        parser.error(f"--classes must be comma-separated class ids in output order, e.g. 3,7,1,0; got "
+                     f"{args.classes!r}.")
+    if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} is a file; expected a folder for the generated network.")
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON report only (loaders print notices)
         gen = ParamGenerator.from_pretrained(args.generator, revision=args.revision)
-    task = Task.make(args.dataset, [int(c) for c in args.classes.split(",")], args.transform)
+    task = Task.make(args.dataset, classes, args.transform)
     start = time.perf_counter()
     result = generate_for_task(gen, task, args.architecture, args.num_candidates, args.seed,
                                temperature=args.temperature, decoding=args.decoding)
@@ -71,7 +96,8 @@ def cli_generate(argv: list[str]) -> int:
               "validation_scores": result.scores, "best_index": result.best_index, "seconds": seconds,
               "best_test_accuracy": evaluate_accuracy(result.model, task, "test")}
     if args.output_dir:
-        result.model.save_pretrained(args.output_dir)
+        with clear_job_errors("hf-paramgen generate", args.output_dir):
+            save_model_folder(result.model, args.output_dir)
         report["output_dir"] = args.output_dir
     print(json.dumps(report, indent=2))
     return 0

@@ -29,6 +29,7 @@ import torch
 from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
 
+from ..data.corpus import clear_job_errors, output_lock
 from ..utils import atomic_write_json, atomic_write_text
 from .architectures import ARCHITECTURE_DATASET, ARCHITECTURES
 from .tasks import DATASETS, dataset_arrays, split_info, task_from_dict
@@ -185,7 +186,8 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
               limit: int | None = None) -> dict:
     """Train the zoo of `preset` into `output_dir` in parallel processes; resumable and deterministic.
 
-    Finished checkpoint folders are skipped, so a killed build continues where it stopped.
+    Finished checkpoint folders are skipped, so a killed build continues where it stopped; the folder is locked
+    while a build runs (`data.corpus.output_lock`: a second build into it raises `OutputLocked`).
 
     Args:
         output_dir: the zoo folder (created if missing).
@@ -200,8 +202,13 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}.")
     start = time.perf_counter()
-    output_dir = Path(output_dir)
-    tasks = make_tasks(preset)
+    output_dir, tasks = Path(output_dir), make_tasks(preset)  # an unknown preset raises before anything is written
+    with output_lock(output_dir):  # one build per folder: a second one gets OutputLocked
+        return _build_zoo(output_dir, preset, tasks, num_workers, limit, start)
+
+
+def _build_zoo(output_dir: Path, preset: str, tasks: list[dict], num_workers: int, limit: int | None,
+               start: float) -> dict:
     jobs = plan_checkpoints(tasks, preset)[:limit]
     for tmp in output_dir.glob("checkpoints/*/.*"):  # temporary folders left by a killed build
         shutil.rmtree(tmp, ignore_errors=True)
@@ -236,7 +243,14 @@ def cli_build_zoo(argv: list[str]) -> int:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="build only the first N planned checkpoints")
     args = parser.parse_args(argv)
-    manifest = build_zoo(args.output_dir, args.preset, args.num_workers, args.limit)
+    if args.num_workers < 1:
+        parser.error(f"--num_workers must be >= 1 (1: train in this process), got {args.num_workers}.")
+    if args.limit is not None and args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}.")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} is a file; expected a zoo folder (new, or one to resume).")
+    with clear_job_errors(parser.prog, args.output_dir):
+        manifest = build_zoo(args.output_dir, args.preset, args.num_workers, args.limit)
     keys = ("num_checkpoints", "num_tasks", "num_architectures", "heldout_architectures", "num_checkpoints_per_split",
             "num_checkpoints_per_init", "num_trained_this_run", "this_run_seconds", "zoo_build_seconds", "summary")
     print(json.dumps({k: manifest[k] for k in keys}, indent=2))

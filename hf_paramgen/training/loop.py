@@ -5,18 +5,20 @@ processes (`accelerate launch --multi_gpu --num_processes 2`, gloo on CPU) or GP
 scalar field of the model's output to `output_dir/log.jsonl` and saves the final model with
 `save_pretrained` into `output_dir` itself.
 
-Checkpoints are accelerate's: a `ProjectConfiguration(project_dir=output_dir,
-automatic_checkpoint_naming=True, total_limit=save_total_limit)` names them
-`output_dir/checkpoints/checkpoint_<i>` and prunes the oldest; `accelerator.save_state` writes the
-model, optimiser, scheduler, RNG and sampler states plus a registered `TrainerState` (the step), and a
-save-state hook adds the model's `save_pretrained` folder (`model/`). `trainer_state.json` is written
-last and marks a checkpoint complete: a run killed mid-save resumes from the latest complete one
-(`accelerator.load_state`) with the same results as an uninterrupted run.
+Checkpoints are accelerate's states: `accelerator.save_state` writes the model, optimiser, scheduler, RNG and
+sampler states plus a registered `TrainerState` (the step) into a temporary `checkpoints/.checkpoint_<i>.tmp`, and a
+save-state hook adds the model's `save_pretrained` folder (`model/`). `trainer_state.json` is written last, then the
+folder is renamed `checkpoint_<i>` and the oldest beyond `save_total_limit` are removed: only complete checkpoints
+ever carry a final name. A run killed at any moment resumes from the latest one (`accelerator.load_state`) with the
+same results as an uninterrupted run. One run writes an `output_dir` at a time (`data.corpus.output_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -30,12 +32,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..data.corpus import output_lock, recover_temporaries
 from ..utils import atomic_write_json, atomic_write_text, replace_dir, temporary_sibling
 
-CHECKPOINTS = "checkpoints"  # accelerate's automatic checkpoint naming: <output_dir>/checkpoints/checkpoint_<i>
-STATE_FILE = "trainer_state.json"  # written last into a checkpoint: it is complete; holds the step
+CHECKPOINTS = "checkpoints"  # <output_dir>/checkpoints/checkpoint_<i>
+STATE_FILE = "trainer_state.json"  # written last into a checkpoint, before its rename: it is complete; the step
 MODEL_DIR = "model"  # the `save_pretrained` folder inside each checkpoint
 BEST_DIR, BEST_FILE = "best", "best.json"
+MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")  # accelerate's modes
 
 
 @dataclass
@@ -43,9 +47,8 @@ class TrainingConfig:
     """Settings of `train`. Steps count optimiser updates (`gradient_accumulation_steps` batches each).
 
     `max_time_s` stops early (saving as usual) once that much wall time has passed; `eval_every=0`
-    evaluates at each log step when an eval dataset is given. `save_total_limit` checkpoints are kept
-    (accelerate prunes the oldest before writing a new one, so keep at least 2 to always have a complete
-    one while a save is under way). `keep_best` also saves the model with the lowest `eval_loss` so far
+    evaluates at each log step when an eval dataset is given. `save_total_limit` checkpoints are kept (the
+    oldest are removed once a new one is complete). `keep_best` also saves the model with the lowest `eval_loss` so far
     into `<output_dir>/best` (with `best.json`: step and loss), so an overfitting run still hands back
     its best model (`best_model_dir`).
     """
@@ -72,8 +75,29 @@ class TrainingConfig:
     keep_best: bool = False
 
     def __post_init__(self):
+        """Every setting checked before any folder is made (a bad one would fail deep in torch or accelerate)."""
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1 (checkpoints kept), got {self.save_total_limit}.")
+        at_least = {"batch_size": 1, "max_steps": 1, "warmup_steps": 0, "log_every": 1, "save_every": 1,
+                    "eval_every": 0, "eval_batches": 1, "gradient_accumulation_steps": 1, "num_workers": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"TrainingConfig.{name} must be an int >= {low}, got {value!r}.")
+        for name, positive in (("lr", True), ("weight_decay", False), ("max_grad_norm", True), ("max_time_s", True)):
+            value = getattr(self, name)
+            if value is None and name in ("max_grad_norm", "max_time_s"):
+                continue
+            bad = not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            if bad or (positive and value == 0):
+                raise ValueError(f"TrainingConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                                 f"got {value!r}.")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"TrainingConfig.mixed_precision must be one of {MIXED_PRECISION}, got "
+                             f"{self.mixed_precision!r}.")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise NotADirectoryError(f"TrainingConfig.output_dir {self.output_dir} is a file; expected a folder "
+                                     "(new, or a run to resume).")
 
 
 class TrainerState:
@@ -116,25 +140,39 @@ def _save_pretrained_hook(accelerator: Accelerator):
     return hook
 
 
-def save_checkpoint(accelerator: Accelerator, state: TrainerState) -> Path:
-    """`accelerator.save_state` into the next `checkpoints/checkpoint_<i>` (all ranks), then mark it complete."""
-    accelerator.save_state()
-    path = Path(accelerator.project_dir) / CHECKPOINTS / f"checkpoint_{accelerator.save_iteration - 1}"
+def save_checkpoint(accelerator: Accelerator, state: TrainerState, total_limit: int | None = None) -> Path:
+    """`accelerator.save_state` (all ranks) into `checkpoints/.checkpoint_<i>.tmp`, mark it complete, rename it
+    `checkpoint_<i>`, then remove the oldest complete checkpoints beyond `total_limit` (None: keep all)."""
+    root = Path(accelerator.project_dir) / CHECKPOINTS
+    index = accelerator.save_iteration
+    final, tmp = root / f"checkpoint_{index}", root / f".checkpoint_{index}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # bumps accelerator.save_iteration
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(path / STATE_FILE, {"step": state.step})
+        atomic_write_json(tmp / STATE_FILE, {"step": state.step})
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(root.parent)[:-total_limit] if total_limit else []:
+            doomed = root / f".{old.name}.del"  # renamed first: a half-removed checkpoint never looks complete
+            os.replace(old, doomed)
+            shutil.rmtree(doomed)
     accelerator.wait_for_everyone()
-    return path
+    return final
 
 
 def _save_model(accelerator: Accelerator, model, target: Path) -> None:
     """`save_pretrained` into a temporary folder, then move its files into `target` one by one, each atomically."""
     tmp = temporary_sibling(target)
-    accelerator.unwrap_model(model).save_pretrained(tmp)
-    target.mkdir(parents=True, exist_ok=True)
-    for item in tmp.iterdir():
-        os.replace(item, target / item.name)
-    tmp.rmdir()
+    try:
+        accelerator.unwrap_model(model).save_pretrained(tmp)
+        target.mkdir(parents=True, exist_ok=True)
+        for item in tmp.iterdir():
+            os.replace(item, target / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def best_model_dir(output_dir) -> Path | None:
@@ -156,9 +194,12 @@ def _maybe_save_best(accelerator: Accelerator, model, config: TrainingConfig, re
     if accelerator.is_main_process:  # written aside, then swapped in whole: a half-written best never shows
         target = Path(config.output_dir) / BEST_DIR
         tmp = temporary_sibling(target)
-        accelerator.unwrap_model(model).save_pretrained(tmp)
-        atomic_write_json(tmp / BEST_FILE, {"step": record["step"], "eval_loss": loss})
-        replace_dir(tmp, target)
+        try:
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+            atomic_write_json(tmp / BEST_FILE, {"step": record["step"], "eval_loss": loss})
+            replace_dir(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     return loss
 
@@ -166,15 +207,17 @@ def _maybe_save_best(accelerator: Accelerator, model, config: TrainingConfig, re
 def _resume(accelerator: Accelerator, config: TrainingConfig, state: TrainerState) -> int:
     """Load the latest complete checkpoint (if `config.resume`) and drop log lines past it; returns the step.
 
-    Incomplete checkpoints (a kill mid-save) are removed; without `resume` all old checkpoints are.
+    Temporary checkpoint folders (a kill mid-save) are removed, and so is what a killed `keep_best` save left beside
+    `best/` (a `best/` it had moved aside comes back); without `resume` all old checkpoints are removed.
     """
     root, log = Path(config.output_dir) / CHECKPOINTS, Path(config.output_dir) / "log.jsonl"
     complete = list_checkpoints(config.output_dir) if config.resume else []
-    if accelerator.is_main_process and root.is_dir():
+    if accelerator.is_main_process:
         keep = {p for _, p in complete}
-        for path in root.iterdir():
+        for path in root.iterdir() if root.is_dir() else []:
             if path not in keep:
                 shutil.rmtree(path, ignore_errors=True)
+        recover_temporaries(Path(config.output_dir) / BEST_DIR)
     accelerator.wait_for_everyone()
     if not complete:
         if accelerator.is_main_process and log.exists():
@@ -184,16 +227,31 @@ def _resume(accelerator: Accelerator, config: TrainingConfig, state: TrainerStat
     accelerator.load_state(str(path))
     accelerator.project_configuration.iteration = _index(path) + 1
     if accelerator.is_main_process and log.exists():
-        kept = [line for line in log.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in log.read_text().splitlines() if _log_step_of(line) <= step]
         atomic_write_text(log, "".join(f"{line}\n" for line in kept))
     accelerator.print(f"resumed from {path} at step {state.step}")
     return state.step
 
 
+def _log_step_of(line: str) -> float:
+    """The step of a `log.jsonl` line; infinity for a line cut short by a kill (dropped on resume)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
+
+
 def _write_log(accelerator: Accelerator, config: TrainingConfig, record: dict) -> None:
+    """Append one line to `log.jsonl` in one write; a failed write (full disk) is cut off again."""
     if accelerator.is_main_process:
-        with open(Path(config.output_dir) / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = Path(config.output_dir) / "log.jsonl"
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with open(path, "ab") as f:
+                f.write((json.dumps(record) + "\n").encode())
+        except OSError:
+            os.truncate(path, size)
+            raise
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -237,32 +295,57 @@ def train_step(accelerator: Accelerator, model, batch: dict, optimizer, schedule
     return scalar_fields(output)
 
 
+class SeededCollate:
+    """`collate_fn` with the torch RNG seeded by (seed, process, batch number) and the global RNG left untouched, so
+    random augmentations do not depend on when the loader prefetched a batch: batch k of a resumed run gets the same
+    ones as batch k of an uninterrupted run. A collator's own `generator` (`torch.Generator`, e.g. `PriorCollator`'s
+    crops) is re-seeded the same way. `batch` is the number of the next batch (set on resume)."""
+
+    def __init__(self, collate_fn, seed: int, process_index: int = 0):
+        self.collate_fn, self.seed, self.process_index, self.batch = collate_fn, seed, process_index, 0
+
+    def __call__(self, rows):
+        seed = hash((self.seed, self.process_index, self.batch)) % 2**63  # a tuple of ints: no per-process hash salt
+        self.batch += 1
+        if isinstance(getattr(self.collate_fn, "generator", None), torch.Generator):
+            self.collate_fn.generator.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.collate_fn(rows)
+
+
 def _batches(accelerator: Accelerator, loader, start_batch: int):
     """Endless (epoch, batch) stream from batch number `start_batch` on, reshuffled each epoch."""
     per_epoch = len(loader)
     if per_epoch == 0:
-        raise ValueError("the training dataset is smaller than one batch; lower batch_size.")
+        raise ValueError(f"the training dataset ({len(loader.dataset)} rows) is smaller than one batch of "
+                         f"{loader.total_batch_size} (batch_size x processes); lower batch_size.")
     epoch, skip = divmod(start_batch, per_epoch)
     while True:
         loader.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+        batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
+        if skip:  # a resumed epoch: its start drew from the global RNG before the checkpoint; it must not again
+            with torch.random.fork_rng(devices=[]):
+                first = next(batches, None)
+            batches = itertools.chain([] if first is None else [first], batches)
+        for batch in batches:
             yield epoch, batch
         epoch, skip = epoch + 1, 0
 
 
 def _setup(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset):
-    project = ProjectConfiguration(project_dir=config.output_dir, automatic_checkpoint_naming=True,
-                                   total_limit=config.save_total_limit)
+    project = ProjectConfiguration(project_dir=config.output_dir)  # checkpoints named by `save_checkpoint`
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps, project_config=project,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(config.seed)
+    seeded = [SeededCollate(collate_fn, config.seed + i, accelerator.process_index) for i in (0, 1)]  # train, eval
     loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collate_fn, num_workers=config.num_workers)
+                        collate_fn=seeded[0] if config.num_workers == 0 else collate_fn, num_workers=config.num_workers)
     eval_loader = None if eval_dataset is None else DataLoader(eval_dataset, batch_size=config.batch_size,
-                                                               collate_fn=collate_fn)
+                                                               collate_fn=seeded[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -271,13 +354,14 @@ def _setup(model, train_dataset, collate_fn, config: TrainingConfig, eval_datase
     state = TrainerState()
     accelerator.register_for_checkpointing(scheduler, state)
     accelerator.register_save_state_pre_hook(_save_pretrained_hook(accelerator))
-    return accelerator, model, optimizer, scheduler, loader, eval_loader, state
+    return accelerator, model, optimizer, scheduler, loader, eval_loader, state, seeded
 
 
-def _log_step(accelerator, model, config, step, sums, count, scheduler, eval_loader, started) -> dict:
+def _log_step(accelerator, model, config, step, sums, count, scheduler, eval_loader, started, seeded) -> dict:
     record = {"step": step, **_reduce(accelerator, sums, count), "lr": scheduler.get_last_lr()[0],
               "num_processes": accelerator.num_processes, "elapsed_s": round(time.time() - started, 2)}
     if eval_loader is not None and (config.eval_every == 0 or step % config.eval_every == 0):
+        seeded[1].batch = 0  # every evaluation sees the same batches
         record.update(evaluate(accelerator, model, eval_loader, config.eval_batches))
     _write_log(accelerator, config, record)
     return record
@@ -297,8 +381,14 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
         The last log record plus `step`, `num_processes` and `output_dir`.
     """
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    accelerator, model, optimizer, scheduler, loader, eval_loader, state = _setup(
+    accelerator, model, optimizer, scheduler, loader, eval_loader, state, seeded = _setup(
         model, train_dataset, collate_fn, config, eval_dataset)
+    with output_lock(config.output_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train(accelerator, model, optimizer, scheduler, (loader, eval_loader, seeded), state, config)
+
+
+def _train(accelerator, model, optimizer, scheduler, loaders, state, config: TrainingConfig) -> dict:
+    loader, eval_loader, seeded = loaders
     if accelerator.is_main_process:
         atomic_write_json(Path(config.output_dir) / "training_config.json", asdict(config))
     state.step = start = _resume(accelerator, config, state)
@@ -306,7 +396,8 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
     started, sums, count, record, seen = time.time(), {}, 0, {}, 0
     best = _best_loss(config) if state.step else None
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc="train")
-    stream = _batches(accelerator, loader, state.step * config.gradient_accumulation_steps)
+    seeded[0].batch = state.step * config.gradient_accumulation_steps
+    stream = _batches(accelerator, loader, seeded[0].batch)
     while state.step < config.max_steps:
         _, batch = next(stream)
         seen += 1
@@ -319,17 +410,18 @@ def train(model, train_dataset, collate_fn, config: TrainingConfig, eval_dataset
         bar.update(1)
         out_of_time = config.max_time_s is not None and time.time() - started > config.max_time_s
         if state.step % config.log_every == 0 or state.step == config.max_steps or out_of_time:
-            record = _log_step(accelerator, model, config, state.step, sums, count, scheduler, eval_loader, started)
+            record = _log_step(accelerator, model, config, state.step, sums, count, scheduler, eval_loader, started,
+                               seeded)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
             best = _maybe_save_best(accelerator, model, config, record, best)
             sums, count = {}, 0
         if out_of_time:
             break
         if state.step % config.save_every == 0 and state.step < config.max_steps:
-            save_checkpoint(accelerator, state)
+            save_checkpoint(accelerator, state, config.save_total_limit)
     bar.close()
     if state.step > start or not start:  # a run resumed at its end has nothing new to checkpoint
-        save_checkpoint(accelerator, state)
+        save_checkpoint(accelerator, state, config.save_total_limit)
     if accelerator.is_main_process:
         _save_model(accelerator, model, Path(config.output_dir))
     _write_rank_record(accelerator, config, seen)

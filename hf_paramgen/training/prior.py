@@ -13,6 +13,7 @@ corpus is encoded here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -31,7 +32,7 @@ from ..conditioning.instruction import Instruction, InstructionEncoders, encode_
 from ..conditioning.samples import SampleEncoder
 from ..conditioning.text import MINILM_HUB_ID, make_text_encoder
 from ..data.collate import PriorCollator
-from ..data.corpus import corpus_model_weights, load_corpus
+from ..data.corpus import clear_job_errors, corpus_model_weights, load_corpus, output_lock, recover_temporaries
 from ..data.encoding import cached_codes_usable, corpus_codes, param_tokenizer_fingerprint
 from ..generation.generator import ParamGenerator, check_compatible
 from ..layout.param_layout import ParamLayout
@@ -39,7 +40,7 @@ from ..models.code_structure import STRUCTURE_FIELDS, structure_for_layout
 from ..models.configuration_param_prior import ParamPriorConfig
 from ..models.modeling_param_prior import ParamPriorForCausalLM
 from ..models.modeling_param_tokenizer import ParamTokenizer
-from ..utils import atomic_write_json, replace_dir, temporary_sibling
+from ..utils import atomic_write_json, load_pretrained, replace_dir, temporary_sibling
 from .loop import TrainingConfig, best_model_dir, train
 
 DEFAULT_SAMPLES = "hf_paramgen.research.samples:ZooSamples"  # imported only when the CLI is run
@@ -261,6 +262,7 @@ def train_prior(corpus, param_tokenizer_path: str, output_dir: str, prior_config
         dataset_cache: where the encoded rows are cached across restarts (default `<output_dir>-work/prior_dataset`).
 
     Training state (checkpoints, `log.jsonl`) goes to `<output_dir>-work/training/`; a killed run resumes there.
+    `output_dir` is locked while a run writes it (`data.corpus.output_lock`: a second run raises `OutputLocked`).
 
     Raises:
         ValueError: if `architectures` names one the corpus lacks, or the corpus has no train model of them
@@ -270,16 +272,31 @@ def train_prior(corpus, param_tokenizer_path: str, output_dir: str, prior_config
     check_architectures(corpus, architectures)
     if not _model_rows(corpus, {"train"}, architectures):
         raise ValueError(f"The corpus has no 'train' models of architectures {architectures}.")
-    tokenizer = ParamTokenizer.from_pretrained(param_tokenizer_path).eval()
+    # the device choice of `training.loop` (a bare `PartialState()` on a CPU machine under `accelerate launch` is one
+    # process of its own, and the Accelerator built later would inherit that: two independent runs in one folder)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    with output_lock(output_dir) if state.is_main_process else contextlib.nullcontext():
+        return _train_prior(corpus, param_tokenizer_path, output_dir, prior_config_overrides, training_config,
+                            architectures, text_encoder, samples, dataset_cache)
+
+
+def _train_prior(corpus, param_tokenizer_path, output_dir, prior_config_overrides, training_config, architectures,
+                 text_encoder, samples, dataset_cache) -> ParamGenerator:
+    state = PartialState(cpu=not torch.cuda.is_available())
+    training_config = training_config or TrainingConfig(output_dir=str(work_dir(output_dir) / "training"))
+    torch.manual_seed(training_config.seed)  # the same initial prior (and sample encoders) in every run and process
+    tokenizer = load_pretrained(ParamTokenizer, param_tokenizer_path, "param_tokenizer").eval()
     text = make_text_encoder(text_encoder)
     dim = text.dim if hasattr(text, "dim") else int(text("x").shape[-1])
     samplers = samples.sample_encoders(dim) if samples is not None else {}
     config = make_prior_config(tokenizer, dim, layouts_of(corpus, architectures), prior_config_overrides)
-    work = work_dir(output_dir)
-    with PartialState().main_process_first():  # under `accelerate launch` rank 0 builds the cache, the others read it
+    cache = Path(dataset_cache or work_dir(output_dir) / "prior_dataset")
+    with state.main_process_first():  # under `accelerate launch` rank 0 builds the cache, the others read it
+        if state.is_main_process:
+            recover_temporaries(cache)  # what a killed run left beside it
         data = _prior_datasets(corpus, tokenizer, text, samplers, config, architectures, samples, text_encoder,
-                               Path(dataset_cache or work / "prior_dataset"))
-    training_config = training_config or TrainingConfig(output_dir=str(work / "training"))
+                               cache)
+    torch.manual_seed(training_config.seed)
     prior = ParamPriorForCausalLM(config)
     collator = PriorCollator(config, seed=training_config.seed)
     train(prior, data["train"], collator, training_config, eval_dataset=data["validation"])
@@ -287,7 +304,9 @@ def train_prior(corpus, param_tokenizer_path: str, output_dir: str, prior_config
     if training_config.keep_best and best is not None:  # the prior with the lowest validation loss, not the last one
         prior = ParamPriorForCausalLM.from_pretrained(best)
     generator = ParamGenerator(prior, tokenizer, text_encoder, samplers, text_encoder=text)
-    generator.save_pretrained(output_dir)
+    if state.is_main_process:  # one writer: the other processes of `accelerate launch` wait
+        generator.save_pretrained(output_dir)
+    state.wait_for_everyone()
     return generator
 
 
@@ -327,6 +346,17 @@ class PriorScriptArguments:
     condition_injection: bool = field(default=True, metadata={
         "help": "also condition every code token (--no_condition_injection: through the prefix only, as IGPG)"})
 
+    def __post_init__(self):
+        """The decoder's shape checked before any work (transformers would refuse it deep inside its config)."""
+        for name in ("hidden_size", "num_layers", "num_heads", "context"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name} must be an int >= 1, got {value!r}.")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"--hidden_size {self.hidden_size} must be a multiple of --num_heads {self.num_heads} "
+                             "(the attention heads split the hidden size).")
+        self.training_config()  # the loop's settings (batch size, steps, lr, ...) are checked here, before any work
+
     def prior_overrides(self) -> dict:
         """`ParamPriorConfig` fields these arguments set (a Llama decoder of `hidden_size` x `num_layers`)."""
         h = self.hidden_size
@@ -354,7 +384,8 @@ def cli_train_prior(argv: list[str]) -> int:
     samples = None
     if args.samples.lower() != "none":
         samples = load_samples_provider(args.samples, datasets=tuple(args.sample_datasets))
-    train_prior(args.corpus, args.param_tokenizer, args.output_dir, args.prior_overrides(), args.training_config(),
-                args.architectures, args.text_encoder, samples)
+    with clear_job_errors(parser.prog, args.output_dir):
+        train_prior(args.corpus, args.param_tokenizer, args.output_dir, args.prior_overrides(),
+                    args.training_config(), args.architectures, args.text_encoder, samples)
     print(json.dumps({"output_dir": args.output_dir, "seconds": time.perf_counter() - start}))
     return 0

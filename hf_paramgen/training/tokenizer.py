@@ -82,7 +82,7 @@ def tokenizer_arg_parser() -> HfArgumentParser:
 
 def cli_train_tokenizer(argv: list[str]) -> int:
     """`hf-paramgen train-tokenizer --corpus PATH --output_dir DIR [...]` (also under `accelerate launch`)."""
-    from ..data.corpus import load_corpus
+    from ..data.corpus import clear_job_errors, load_corpus
     from ..models.modeling_param_tokenizer import ParamTokenizer
 
     script, tokenizer_args, config = tokenizer_arg_parser().parse_args_into_dataclasses(args=argv)
@@ -91,7 +91,8 @@ def cli_train_tokenizer(argv: list[str]) -> int:
     model = ParamTokenizer(tokenizer_args.to_config(corpus))
     validation = split_rows(corpus["chunks"], "validation")
     collator = TokenizerCollator(model.config.chunk_size, sign_flip=script.sign_flip, scale_jitter=script.scale_jitter)
-    result = train(model, split_rows(corpus["chunks"], "train"), collator, config,
-                   eval_dataset=validation if len(validation) else None)
+    with clear_job_errors(tokenizer_arg_parser().prog, config.output_dir):
+        result = train(model, split_rows(corpus["chunks"], "train"), collator, config,
+                       eval_dataset=validation if len(validation) else None)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
     return 0

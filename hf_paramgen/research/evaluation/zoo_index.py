@@ -37,6 +37,10 @@ class ZooIndex:
     def __init__(self, zoo_dir: str | os.PathLike):
         self.zoo_dir = Path(zoo_dir)
         self.manifest = load_manifest(zoo_dir)
+        missing = [k for k in ("tasks", "checkpoints") if not isinstance(self.manifest.get(k), list)]
+        if missing:
+            raise ValueError(f"{Path(zoo_dir) / 'manifest.json'} has no {missing} list; expected the manifest of a zoo "
+                             "built by hf-paramgen build-zoo (tasks, checkpoints, architectures).")
         self.tasks = {t["task_id"]: task_from_dict(t) for t in self.manifest["tasks"]}
         self.task_split = {t["task_id"]: t["split"] for t in self.manifest["tasks"]}
         self.entries = self.manifest["checkpoints"]
