@@ -42,7 +42,7 @@ def test_killed_tiny_zoo_builds_resume_to_identical_checkpoints_and_a_full_disk_
 
 
 def test_one_writer_per_output_folder_and_a_dead_writers_lock_is_free(tmp_path, capsys):
-    from hf_paramgen.data.corpus import OutputLocked, output_lock
+    from hf_paramgen.jobs import OutputLocked, output_lock
     from hf_paramgen.research.zoo import build_zoo, cli_build_zoo
 
     out = tmp_path / "zoo"
@@ -69,7 +69,7 @@ def test_one_writer_per_output_folder_and_a_dead_writers_lock_is_free(tmp_path, 
 
 
 def test_an_output_moved_aside_by_a_killed_replace_comes_back_and_temporaries_go(tmp_path):
-    from hf_paramgen.data.corpus import output_lock
+    from hf_paramgen.jobs import output_lock
 
     out = tmp_path / "corpus"
     aside, tmp = tmp_path / ".corpus.old-0123abcd", tmp_path / ".corpus.tmp-89abcdef"

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from datasets import DatasetDict, List, Value
 
+from ..jobs import clear_job_errors, output_lock
 from ..utils import load_pretrained, replace_dir, temporary_sibling
 from .collate import tokenizer_inputs
-from .corpus import clear_job_errors, load_corpus, output_lock
+from .corpus import load_corpus
 
 CODES_COLUMN = "codes_param_tokenizer"  # models-table column: fingerprint of the ParamTokenizer that made `codes`
 # config fields that, with the weights, decide the codes a ParamTokenizer gives

@@ -46,7 +46,7 @@ from ..adapters.lora import (  # noqa: F401  (class_aligned_init re-exported)
     lora_layout,
     peft_config_copy,
 )
-from ..data.corpus import clear_job_errors, output_lock
+from ..jobs import clear_job_errors, output_lock
 from ..utils import accuracy as model_accuracy
 from ..utils import atomic_write_json, replace_dir, temporary_sibling
 from .adapter_zoo_minilm import (  # noqa: F401  (re-exported: the minilm base's public names)

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..data.corpus import clear_job_errors, output_lock
 from ..generation.generator import DECODINGS, GenerationResult, ParamGenerator, resolve_num_candidates
+from ..jobs import clear_job_errors, output_lock
 from ..utils import replace_dir, temporary_sibling
 from .architectures import build_model
 from .samples import FEW_SHOT_PER_CLASS

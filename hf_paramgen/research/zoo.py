@@ -29,7 +29,7 @@ import torch
 from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
 
-from ..data.corpus import clear_job_errors, output_lock
+from ..jobs import clear_job_errors, output_lock
 from ..utils import atomic_write_json, atomic_write_text
 from .architectures import ARCHITECTURE_DATASET, ARCHITECTURES
 from .tasks import DATASETS, dataset_arrays, split_info, task_from_dict

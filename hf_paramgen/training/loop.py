@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data.corpus import output_lock, recover_temporaries
+from ..jobs import output_lock, recover_temporaries
 from ..utils import atomic_write_json, atomic_write_text, replace_dir, temporary_sibling
 
 CHECKPOINTS = "checkpoints"  # <output_dir>/checkpoints/checkpoint_<i>

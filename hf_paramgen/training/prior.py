@@ -32,9 +32,10 @@ from ..conditioning.instruction import Instruction, InstructionEncoders, encode_
 from ..conditioning.samples import SampleEncoder
 from ..conditioning.text import MINILM_HUB_ID, make_text_encoder
 from ..data.collate import PriorCollator
-from ..data.corpus import clear_job_errors, corpus_model_weights, load_corpus, output_lock, recover_temporaries
+from ..data.corpus import corpus_model_weights, load_corpus
 from ..data.encoding import cached_codes_usable, corpus_codes, param_tokenizer_fingerprint
 from ..generation.generator import ParamGenerator, check_compatible
+from ..jobs import clear_job_errors, output_lock, recover_temporaries
 from ..layout.param_layout import ParamLayout
 from ..models.code_structure import STRUCTURE_FIELDS, structure_for_layout
 from ..models.configuration_param_prior import ParamPriorConfig

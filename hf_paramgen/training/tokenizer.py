@@ -82,7 +82,8 @@ def tokenizer_arg_parser() -> HfArgumentParser:
 
 def cli_train_tokenizer(argv: list[str]) -> int:
     """`hf-paramgen train-tokenizer --corpus PATH --output_dir DIR [...]` (also under `accelerate launch`)."""
-    from ..data.corpus import clear_job_errors, load_corpus
+    from ..data.corpus import load_corpus
+    from ..jobs import clear_job_errors
     from ..models.modeling_param_tokenizer import ParamTokenizer
 
     script, tokenizer_args, config = tokenizer_arg_parser().parse_args_into_dataclasses(args=argv)
