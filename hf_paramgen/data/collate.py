@@ -177,3 +177,22 @@ def split_rows(chunks_table, split: str):
     rows = chunks_table.filter(lambda s: [x == split for x in s], input_columns="split", batched=True,
                                batch_size=100_000)
     return rows.with_format("numpy", columns=TOKENIZER_COLUMNS)
+
+
+class SeededCollate:
+    """`collate_fn` with the torch RNG seeded by (seed, process, batch number) and the global RNG left untouched, so
+    random augmentations do not depend on when the loader prefetched a batch: batch k of a resumed run gets the same
+    ones as batch k of an uninterrupted run. A collator's own `generator` (`torch.Generator`, e.g. `PriorCollator`'s
+    crops) is re-seeded the same way. `batch` is the number of the next batch (set on resume)."""
+
+    def __init__(self, collate_fn, seed: int, process_index: int = 0):
+        self.collate_fn, self.seed, self.process_index, self.batch = collate_fn, seed, process_index, 0
+
+    def __call__(self, rows):
+        seed = hash((self.seed, self.process_index, self.batch)) % 2**63  # a tuple of ints: no per-process hash salt
+        self.batch += 1
+        if isinstance(getattr(self.collate_fn, "generator", None), torch.Generator):
+            self.collate_fn.generator.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.collate_fn(rows)

@@ -317,7 +317,7 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
     """Train one LoRA adapter per (task, seed) on `base` and write them with `manifest.json` to `output_dir`.
 
     Resumable: adapter folders that already exist are skipped (every folder is written atomically); the folder is
-    locked while a build runs (`data.corpus.output_lock`: a second build into it raises `OutputLocked`).
+    locked while a build runs (`jobs.output_lock`: a second build into it raises `OutputLocked`).
 
     Args:
         base: "mnist-mlp" or "minilm".

@@ -187,7 +187,7 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
     """Train the zoo of `preset` into `output_dir` in parallel processes; resumable and deterministic.
 
     Finished checkpoint folders are skipped, so a killed build continues where it stopped; the folder is locked
-    while a build runs (`data.corpus.output_lock`: a second build into it raises `OutputLocked`).
+    while a build runs (`jobs.output_lock`: a second build into it raises `OutputLocked`).
 
     Args:
         output_dir: the zoo folder (created if missing).

@@ -10,7 +10,7 @@ sampler states plus a registered `TrainerState` (the step) into a temporary `che
 save-state hook adds the model's `save_pretrained` folder (`model/`). `trainer_state.json` is written last, then the
 folder is renamed `checkpoint_<i>` and the oldest beyond `save_total_limit` are removed: only complete checkpoints
 ever carry a final name. A run killed at any moment resumes from the latest one (`accelerator.load_state`) with the
-same results as an uninterrupted run. One run writes an `output_dir` at a time (`data.corpus.output_lock`).
+same results as an uninterrupted run. One run writes an `output_dir` at a time (`jobs.output_lock`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..data.collate import SeededCollate
 from ..jobs import output_lock, recover_temporaries
 from ..utils import atomic_write_json, atomic_write_text, replace_dir, temporary_sibling
 
@@ -293,25 +294,6 @@ def train_step(accelerator: Accelerator, model, batch: dict, optimizer, schedule
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return scalar_fields(output)
-
-
-class SeededCollate:
-    """`collate_fn` with the torch RNG seeded by (seed, process, batch number) and the global RNG left untouched, so
-    random augmentations do not depend on when the loader prefetched a batch: batch k of a resumed run gets the same
-    ones as batch k of an uninterrupted run. A collator's own `generator` (`torch.Generator`, e.g. `PriorCollator`'s
-    crops) is re-seeded the same way. `batch` is the number of the next batch (set on resume)."""
-
-    def __init__(self, collate_fn, seed: int, process_index: int = 0):
-        self.collate_fn, self.seed, self.process_index, self.batch = collate_fn, seed, process_index, 0
-
-    def __call__(self, rows):
-        seed = hash((self.seed, self.process_index, self.batch)) % 2**63  # a tuple of ints: no per-process hash salt
-        self.batch += 1
-        if isinstance(getattr(self.collate_fn, "generator", None), torch.Generator):
-            self.collate_fn.generator.manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.collate_fn(rows)
 
 
 def _batches(accelerator: Accelerator, loader, start_batch: int):

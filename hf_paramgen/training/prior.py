@@ -263,7 +263,7 @@ def train_prior(corpus, param_tokenizer_path: str, output_dir: str, prior_config
         dataset_cache: where the encoded rows are cached across restarts (default `<output_dir>-work/prior_dataset`).
 
     Training state (checkpoints, `log.jsonl`) goes to `<output_dir>-work/training/`; a killed run resumes there.
-    `output_dir` is locked while a run writes it (`data.corpus.output_lock`: a second run raises `OutputLocked`).
+    `output_dir` is locked while a run writes it (`jobs.output_lock`: a second run raises `OutputLocked`).
 
     Raises:
         ValueError: if `architectures` names one the corpus lacks, or the corpus has no train model of them
