@@ -15,12 +15,15 @@ card). The head stays fixed, so the adapter alone solves its task:
   (`adapters.class_aligned_init`: lora_A = 0, lora_B = I, so rank r learns class r). Tasks are ordered
   choices of 4 of 10 topics of real texts (`hf_paramgen.research.adapter_zoo_minilm`).
 
-`build_adapter_zoo` is resumable (finished adapter folders are skipped) and writes `manifest.json`.
+`build_adapter_zoo` is resumable (finished adapter folders are skipped) and writes `manifest.json`; it shards over
+processes and machines like `build-zoo` (`accelerate launch --multi_gpu --num_processes N ... -m hf_paramgen.cli
+build-adapter-zoo`, or `--rank k --world_size N`; `research.sharding`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -46,7 +49,7 @@ from ..adapters.lora import (  # noqa: F401  (class_aligned_init re-exported)
     lora_layout,
     peft_config_copy,
 )
-from ..jobs import clear_job_errors, output_lock
+from ..jobs import clear_job_errors
 from ..utils import accuracy as model_accuracy
 from ..utils import atomic_write_json, replace_dir, temporary_sibling
 from .adapter_zoo_minilm import (  # noqa: F401  (re-exported: the minilm base's public names)
@@ -60,6 +63,7 @@ from .adapter_zoo_minilm import (  # noqa: F401  (re-exported: the minilm base's
     text_few_shot_samples,
     text_pools,
 )
+from .sharding import JobShard, add_shard_arguments, shard_from_args, wait_lock
 
 __all__ = ["BASES", "PRESETS", "mnist_tasks", "MnistContext", "MiniLMContext", "preset_lora_config",
            "adapter_zoo_context", "load_zoo_base", "build_adapter_zoo", "cli_build_adapter_zoo", "class_aligned_init",
@@ -145,11 +149,16 @@ class MnistContext:
         self.base_info = self._pretrained_base()
 
     def _pretrained_base(self) -> dict:
+        info_path = self.base_dir / "base_info.json"
+        if not info_path.is_file():
+            with wait_lock(self.base_dir):  # one writer: other ranks wait for it (and a killed one's leftovers go)
+                if not info_path.is_file():  # else another rank built it meanwhile
+                    self._train_base(info_path)
+        return json.loads(info_path.read_text())
+
+    def _train_base(self, info_path: Path) -> None:
         from .architectures import ZooNet, build_model
 
-        info_path = self.base_dir / "base_info.json"
-        if info_path.is_file():
-            return json.loads(info_path.read_text())
         torch.manual_seed(0)
         identity = {"task_id": "mnist-identity", "dataset": "mnist", "classes": list(range(10))}
         model, (X, y) = build_model(self.architecture, 10), self._split(identity, "train")
@@ -167,14 +176,14 @@ class MnistContext:
             replace_dir(tmp, self.base_dir)  # a base without base_info.json is an unfinished one: replaced
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return info
 
     def load_base(self) -> torch.nn.Module:
         """A fresh copy of the pretrained base (loaded once per process)."""
         from .architectures import ZooNet
 
         if not hasattr(self, "_base"):
-            self._base = ZooNet.from_pretrained(self.base_dir).eval()
+            with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints "Loading weights from ..." there
+                self._base = ZooNet.from_pretrained(self.base_dir).eval()
         return copy.deepcopy(self._base)
 
     @staticmethod
@@ -268,8 +277,8 @@ def _train_job(base: str, preset: str, output_dir: str, task: dict, seed: int, s
 
 
 def _run_jobs(base: str, preset: str, output_dir: Path, jobs: list[tuple[dict, int]], steps: int,
-              num_workers: int) -> None:
-    bar = tqdm(total=len(jobs), desc=f"adapters ({base})", unit="adapter")
+              num_workers: int, label: str = "") -> None:
+    bar = tqdm(total=len(jobs), desc=f"adapters ({base}){label}", unit="adapter")
     if num_workers <= 1:
         for task, seed in jobs:
             _train_job(base, preset, str(output_dir), task, seed, steps)
@@ -290,9 +299,10 @@ def _manifest(base: str, preset: str, output_dir: Path, ctx, tasks: list[dict], 
     adapters = []
     for task in tasks:
         for seed in range(seeds):
-            info = json.loads((_adapter_dir(output_dir, task, seed) / ADAPTER_INFO_FILE).read_text())
-            path = _adapter_dir(output_dir, task, seed).relative_to(output_dir)
-            adapters.append({"path": str(path), **info["metadata"]})
+            info_path = _adapter_dir(output_dir, task, seed) / ADAPTER_INFO_FILE
+            if info_path.is_file():  # every planned adapter once (all of them unless a rank's are not visible yet)
+                info = json.loads(info_path.read_text())
+                adapters.append({"path": str(info_path.parent.relative_to(output_dir)), **info["metadata"]})
     mean = lambda key, rows: round(float(np.mean([r[key] for r in rows])), 4) if rows else None  # noqa: E731
     splits = {s: [t["task_id"] for t in tasks if t["split"] == s] for s in ("train", "validation", "heldout_task")}
     summary = {f"{split}/{key}": mean(key, [a for a in adapters if a["split"] == split])
@@ -302,7 +312,7 @@ def _manifest(base: str, preset: str, output_dir: Path, ctx, tasks: list[dict], 
         "base": base, "preset": preset, "base_model": {**ctx.base_info, **base_model_identity(ctx.load_base())},
         "lora_config": lora_config_dict(ctx.lora_config), "data_source": ctx.data_source, "train_steps": steps,
         "tasks": [dict(t) for t in tasks], "splits": splits, "heldout_tasks": splits["heldout_task"],
-        "adapters": adapters, "num_adapters": len(adapters),
+        "adapters": adapters, "num_adapters": len(adapters), "num_planned_adapters": len(tasks) * seeds,
         # what `hf_paramgen.data.corpus` reads from a zoo manifest: one entry per adapter folder
         "checkpoints": [{"path": a["path"], "model_id": f"{base}/{Path(a['path']).name}", "split": a["split"]}
                         for a in adapters],
@@ -313,11 +323,14 @@ def _manifest(base: str, preset: str, output_dir: Path, ctx, tasks: list[dict], 
 
 
 def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "tiny", num_workers: int = 1,
-                      num_tasks: int | None = None, seeds: int | None = None, steps: int | None = None) -> dict:
+                      num_tasks: int | None = None, seeds: int | None = None, steps: int | None = None,
+                      shard: JobShard | None = None) -> dict | None:
     """Train one LoRA adapter per (task, seed) on `base` and write them with `manifest.json` to `output_dir`.
 
     Resumable: adapter folders that already exist are skipped (every folder is written atomically); the folder is
-    locked while a build runs (`jobs.output_lock`: a second build into it raises `OutputLocked`).
+    locked while a build runs (`JobShard.claim`: a second build into it raises `OutputLocked`). Under `accelerate
+    launch` (or with an explicit `shard`) each rank trains its share with `num_workers` processes of its own and one
+    rank writes the manifest (`research.sharding`; a shared filesystem across machines).
 
     Args:
         base: "mnist-mlp" or "minilm".
@@ -326,9 +339,10 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
             minilm: LoRA on the head only).
         num_workers: processes training adapters in parallel (1: in this process).
         num_tasks, seeds, steps: override the preset.
+        shard: this process's rank and world size (default: `JobShard.from_launcher()`, rank 0 of 1 without one).
 
     Returns:
-        The manifest (also written to `output_dir/manifest.json`).
+        The manifest (also written to `output_dir/manifest.json`), or None on a rank that did not merge it.
     """
     if base not in BASES:
         raise ValueError(f"base must be one of {BASES}, got {base!r}.")
@@ -337,37 +351,53 @@ def build_adapter_zoo(base: str, output_dir: str | os.PathLike, preset: str = "t
     overrides = {"num_tasks": num_tasks, "seeds": seeds, "steps": steps}
     cfg = {**PRESETS[base][preset], **{k: v for k, v in overrides.items() if v is not None}}
     output_dir = Path(output_dir)
-    with output_lock(output_dir):  # one build per folder: a second one gets OutputLocked
+    shard = shard or JobShard.from_launcher()
+    with shard.claim(output_dir):  # one build per folder (all ranks of one launch): a second one gets OutputLocked
         output_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in [*output_dir.glob(".base.*-????????"), *output_dir.glob("adapters/.*")]:  # left by a killed build
-            shutil.rmtree(tmp, ignore_errors=True)
-        return _build(base, preset, output_dir, cfg, num_workers)
+        return _build(base, preset, output_dir, cfg, num_workers, shard)
 
 
-def _build(base: str, preset: str, output_dir: Path, cfg: dict, num_workers: int) -> dict:
+def _planned_tasks(base: str, cfg: dict) -> list[dict]:
+    """The preset's tasks, each with its split."""
+    make_tasks = _CONTEXTS[base][1]
+    tasks = (make_tasks(cfg["cycle_pool"]) if "cycle_pool" in cfg else make_tasks())[: cfg["num_tasks"]]
+    heldout = _heldout([t["task_id"] for t in tasks], cfg["heldout_fraction"])
+    if cfg.get("heldout_classes"):  # every task with one of these classes is held out: classes no prior saw
+        heldout |= {t["task_id"] for t in tasks if set(t["classes"]) & set(cfg["heldout_classes"])}
+    validation = _heldout([t["task_id"] for t in tasks if t["task_id"] not in heldout],
+                          cfg.get("validation_fraction", 0.0))  # monitored while training a prior, never trained on
+    for task in tasks:
+        task["split"] = ("heldout_task" if task["task_id"] in heldout else
+                         "validation" if task["task_id"] in validation else "train")
+    return tasks
+
+
+def _add_base_only(ctx, tasks: list[dict], label: str = "") -> None:
+    """Set `task["base_only"]` (accuracies of the base without an adapter) where it is missing."""
+    for task in tqdm([t for t in tasks if "base_only" not in t], desc=f"base-only accuracy{label}", unit="task"):
+        task["base_only"] = ctx.base_only(task)
+
+
+def _build(base: str, preset: str, output_dir: Path, cfg: dict, num_workers: int, shard: JobShard) -> dict | None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ctx = adapter_zoo_context(base, output_dir, preset)
-        make_tasks = _CONTEXTS[base][1]
-        tasks = (make_tasks(cfg["cycle_pool"]) if "cycle_pool" in cfg else make_tasks())[: cfg["num_tasks"]]
-        heldout = _heldout([t["task_id"] for t in tasks], cfg["heldout_fraction"])
-        if cfg.get("heldout_classes"):  # every task with one of these classes is held out: classes no prior saw
-            heldout |= {t["task_id"] for t in tasks if set(t["classes"]) & set(cfg["heldout_classes"])}
-        validation = _heldout([t["task_id"] for t in tasks if t["task_id"] not in heldout],
-                              cfg.get("validation_fraction", 0.0))  # monitored while training a prior, never trained on
-        for task in tqdm(tasks, desc="base-only accuracy", unit="task"):
-            task["split"] = ("heldout_task" if task["task_id"] in heldout else
-                             "validation" if task["task_id"] in validation else "train")
-            task["base_only"] = ctx.base_only(task)
-        jobs = [(t, s) for t in tasks for s in range(cfg["seeds"])
-                if not (_adapter_dir(output_dir, t, s) / ADAPTER_INFO_FILE).is_file()]
-        _run_jobs(base, preset, output_dir, jobs, cfg["steps"], num_workers)
-        manifest = _manifest(base, preset, output_dir, ctx, tasks, cfg["seeds"], cfg["steps"])
+        with shard.main_first():  # the main process pretrains the base (mnist-mlp) before the other ranks load it
+            ctx = adapter_zoo_context(base, output_dir, preset)
+        tasks = _planned_tasks(base, cfg)
+        jobs = [(t, s) for t in tasks for s in range(cfg["seeds"])]
+        todo = shard.my_todo(jobs, lambda job: _adapter_dir(output_dir, *job), ADAPTER_INFO_FILE)
+        _add_base_only(ctx, [t for t, _ in todo], shard.label)  # this rank's tasks; the merge adds the others'
+        _run_jobs(base, preset, output_dir, todo, cfg["steps"], num_workers, shard.label)
+
+        def merged() -> dict:
+            _add_base_only(ctx, tasks)
+            return _manifest(base, preset, output_dir, ctx, tasks, cfg["seeds"], cfg["steps"])
+
+        complete = lambda: all((_adapter_dir(output_dir, *j) / ADAPTER_INFO_FILE).is_file() for j in jobs)  # noqa: E731
+        return shard.merge(output_dir / "manifest.json", merged, complete)
     finally:
         torch.set_num_threads(threads)
-    atomic_write_json(output_dir / "manifest.json", manifest)
-    return manifest
 
 
 def cli_build_adapter_zoo(argv: list[str]) -> int:
@@ -384,6 +414,7 @@ def cli_build_adapter_zoo(argv: list[str]) -> int:
     parser.add_argument("--num_tasks", type=int)
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int)
+    add_shard_arguments(parser)
     args = parser.parse_args(argv)
     for name in ("num_workers", "num_tasks", "seeds", "steps"):
         value = getattr(args, name)
@@ -391,9 +422,12 @@ def cli_build_adapter_zoo(argv: list[str]) -> int:
             parser.error(f"--{name} must be >= 1, got {value}.")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output_dir {args.output_dir} is a file; expected an adapter-zoo folder.")
+    shard = shard_from_args(parser, args)
     with clear_job_errors(parser.prog, args.output_dir):
         manifest = build_adapter_zoo(args.base, args.output_dir, args.preset, args.num_workers,
-                                     args.num_tasks, args.seeds, args.steps)
+                                     args.num_tasks, args.seeds, args.steps, shard)
+    if manifest is None:  # another rank writes the manifest and prints the summary
+        return 0
     keys = ("num_adapters", "seconds_to_train_adapter", "base_only_test_accuracy", "adapter_test_accuracy", "summary")
     print(json.dumps({k: manifest[k] for k in keys}, indent=2))
     return 0

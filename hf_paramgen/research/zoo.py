@@ -11,7 +11,9 @@ architecture, seed, initialisation, training recipe, accuracies and split
 (`huggingface_hub.ModelCard.load(dir).data.to_dict()`); `param_layout.json` is its `ParamLayout`.
 
 The plan (presets, tasks, splits, initialisations) lives in `zoo_plan`, training and saving one checkpoint in
-`zoo_train`; this module builds a zoo from them (`build_zoo`, `hf-paramgen build-zoo`) and re-exports both.
+`zoo_train`; this module builds a zoo from them (`build_zoo`, `hf-paramgen build-zoo`) and re-exports both. A build
+shards over processes and machines (`accelerate launch --multi_gpu --num_processes N ... -m hf_paramgen.cli
+build-zoo`, or `--rank k --world_size N` without a launcher; see `research.sharding`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,9 +30,10 @@ import torch
 from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
 
-from ..jobs import clear_job_errors, output_lock
-from ..utils import atomic_write_json, atomic_write_text
+from ..jobs import clear_job_errors
+from ..utils import atomic_write_text
 from .architectures import ARCHITECTURE_DATASET, ARCHITECTURES
+from .sharding import JobShard, add_shard_arguments, shard_from_args
 from .tasks import DATASETS, dataset_arrays, split_info, task_from_dict
 from .zoo_plan import (
     CHECKPOINT_SPLITS,
@@ -84,8 +86,8 @@ def _init_worker() -> None:
     torch.optim.Adam(net.parameters()).step()
 
 
-def _run_jobs(jobs: list[dict], output_dir: Path, num_workers: int) -> None:
-    bar = tqdm(total=len(jobs), desc="zoo checkpoints", unit="ckpt", smoothing=0.05)
+def _run_jobs(jobs: list[dict], output_dir: Path, num_workers: int, label: str = "") -> None:
+    bar = tqdm(total=len(jobs), desc=f"zoo checkpoints{label}", unit="ckpt", smoothing=0.05)
     if num_workers <= 1 or len(jobs) <= 1:
         _init_worker()
         for job in jobs:
@@ -183,11 +185,13 @@ def _readme(manifest: dict) -> str:
 
 
 def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: int = 2,
-              limit: int | None = None) -> dict:
+              limit: int | None = None, shard: JobShard | None = None) -> dict | None:
     """Train the zoo of `preset` into `output_dir` in parallel processes; resumable and deterministic.
 
     Finished checkpoint folders are skipped, so a killed build continues where it stopped; the folder is locked
-    while a build runs (`jobs.output_lock`: a second build into it raises `OutputLocked`).
+    while a build runs (`JobShard.claim`: a second build into it raises `OutputLocked`). Under `accelerate launch`
+    (or with an explicit `shard`) each rank trains its share of the plan with `num_workers` processes of its own
+    and one rank writes the manifest (`research.sharding`); a shared filesystem is assumed across machines.
 
     Args:
         output_dir: the zoo folder (created if missing).
@@ -195,42 +199,49 @@ def build_zoo(output_dir: str | os.PathLike, preset: str = "full", num_workers: 
             "demo", "generalise" (12 architectures, 6 held out, nested init), "tiny", "tiny-generalise".
         num_workers: training processes (1: in this process).
         limit: build only the first `limit` planned checkpoints.
+        shard: this process's rank and world size (default: `JobShard.from_launcher()`, rank 0 of 1 without one).
 
     Returns:
-        The manifest (also written atomically to `output_dir/manifest.json`).
+        The manifest (also written atomically to `output_dir/manifest.json`), or None on a rank that did not merge
+        it (not the main process of a launch; a rank without a launcher that finished before the others).
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}.")
     start = time.perf_counter()
     output_dir, tasks = Path(output_dir), make_tasks(preset)  # an unknown preset raises before anything is written
-    with output_lock(output_dir):  # one build per folder: a second one gets OutputLocked
-        return _build_zoo(output_dir, preset, tasks, num_workers, limit, start)
+    shard = shard or JobShard.from_launcher()
+    with shard.claim(output_dir):  # one build per folder (all ranks of one launch): a second one gets OutputLocked
+        return _build_zoo(output_dir, preset, tasks, num_workers, limit, start, shard)
 
 
 def _build_zoo(output_dir: Path, preset: str, tasks: list[dict], num_workers: int, limit: int | None,
-               start: float) -> dict:
+               start: float, shard: JobShard) -> dict | None:
     jobs = plan_checkpoints(tasks, preset)[:limit]
-    for tmp in output_dir.glob("checkpoints/*/.*"):  # temporary folders left by a killed build
-        shutil.rmtree(tmp, ignore_errors=True)
-    todo = [j for j in jobs if not (output_dir / j["path"] / "README.md").is_file()]
+    done = lambda job: (output_dir / job["path"] / "README.md").is_file()  # noqa: E731  (the card is written last)
+    todo = shard.my_todo(jobs, lambda job: output_dir / job["path"], "README.md")  # cleans a killed run's temporaries
     for arch in {j["architecture"] for j in todo}:
         (output_dir / "checkpoints" / arch).mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _run_jobs(todo, output_dir, num_workers)
+        _run_jobs(todo, output_dir, num_workers, shard.label)
     finally:
         torch.set_num_threads(threads)
-    manifest_path = output_dir / "manifest.json"
-    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    run_seconds = time.perf_counter() - start
-    run = {"num_workers": num_workers, "num_trained_this_run": len(todo), "this_run_seconds": round(run_seconds, 2),
-           "zoo_build_seconds": round(previous.get("zoo_build_seconds", 0.0) + run_seconds, 2),
-           "zoo_build_seconds_note": "wall time summed over build runs that reached the manifest (a killed run's "
-                                     "time is not counted); the CPU may have been shared with other work"}
-    manifest = _manifest(preset, tasks, jobs, output_dir, run)
-    atomic_write_json(output_dir / "manifest.json", manifest, indent=1)
-    atomic_write_text(output_dir / "README.md", _readme(manifest))
+
+    def merged() -> dict:
+        manifest_path = output_dir / "manifest.json"
+        previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        run_seconds = time.perf_counter() - start
+        run = {"num_workers": num_workers, "num_processes": shard.world_size, "num_trained_this_run": shard.num_todo,
+               "this_run_seconds": round(run_seconds, 2),
+               "zoo_build_seconds": round(previous.get("zoo_build_seconds", 0.0) + run_seconds, 2),
+               "zoo_build_seconds_note": "wall time summed over build runs that reached the manifest (a killed run's "
+                                         "time is not counted); the CPU may have been shared with other work"}
+        return _manifest(preset, tasks, jobs, output_dir, run)
+
+    manifest = shard.merge(output_dir / "manifest.json", merged, lambda: all(map(done, jobs)), indent=1)
+    if manifest is not None:
+        atomic_write_text(output_dir / "README.md", _readme(manifest))
     return manifest
 
 
@@ -242,6 +253,7 @@ def cli_build_zoo(argv: list[str]) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="build only the first N planned checkpoints")
+    add_shard_arguments(parser)
     args = parser.parse_args(argv)
     if args.num_workers < 1:
         parser.error(f"--num_workers must be >= 1 (1: train in this process), got {args.num_workers}.")
@@ -249,8 +261,11 @@ def cli_build_zoo(argv: list[str]) -> int:
         parser.error(f"--limit must be >= 0, got {args.limit}.")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output_dir {args.output_dir} is a file; expected a zoo folder (new, or one to resume).")
+    shard = shard_from_args(parser, args)
     with clear_job_errors(parser.prog, args.output_dir):
-        manifest = build_zoo(args.output_dir, args.preset, args.num_workers, args.limit)
+        manifest = build_zoo(args.output_dir, args.preset, args.num_workers, args.limit, shard)
+    if manifest is None:  # another rank writes the manifest and prints the summary
+        return 0
     keys = ("num_checkpoints", "num_tasks", "num_architectures", "heldout_architectures", "num_checkpoints_per_split",
             "num_checkpoints_per_init", "num_trained_this_run", "this_run_seconds", "zoo_build_seconds", "summary")
     print(json.dumps({k: manifest[k] for k in keys}, indent=2))
