@@ -12,7 +12,9 @@ starts as a sub-network of a wider or deeper one (one generator for many archite
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import zlib
 
 import torch
@@ -95,6 +97,13 @@ class ZooNet(nn.Module, PyTorchModelHubMixin, library_name="hf_paramgen", tags=[
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b, *input_shape) or (b, prod(input_shape))
         return self.net(x.reshape(x.shape[0], *self.input_shape))
+
+    @classmethod
+    def _from_pretrained(cls, *args, **kwargs):
+        """`PyTorchModelHubMixin._from_pretrained` with its "Loading weights from local directory" print sent to
+        stderr: stdout carries results only."""
+        with contextlib.redirect_stdout(sys.stderr):
+            return super()._from_pretrained(*args, **kwargs)
 
 
 def build_model(architecture: str, num_classes: int) -> ZooNet:
