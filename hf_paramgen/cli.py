@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                         "train the ParamTokenizer (VQ-VAE) on a corpus"),
     "encode-corpus": ("hf_paramgen.data.encoding", "cli_encode_corpus", "add ParamTokenizer codes to a corpus"),
     "train-prior": ("hf_paramgen.training.prior", "cli_train_prior", "train the instruction-conditioned prior"),
+    "train-diffusion": ("hf_paramgen.diffusion.cli", "cli_train_diffusion",
+                        "train a diffusion generator (diffusers pipeline) on a corpus"),
     "generate": ("hf_paramgen.research.generate", "cli_generate", "generate a network from an instruction"),
     "evaluate": ("hf_paramgen.research.evaluation", "cli_evaluate", "evaluate generated nets against baselines"),
     "demo": ("hf_paramgen.research.demo", "cli_demo", "run the whole chain end to end on the embedded default"),

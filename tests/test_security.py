@@ -43,6 +43,12 @@ REVIEWED: dict[tuple[str, str], tuple[int, str]] = {
         (1, "`module:function` encoder factory named by the user on the command line: the user's own code"),
     ("hf_paramgen/research/adapter_zoo_minilm.py", "import_module"):
         (1, "imports standard-library modules named in a literal table to read their docstrings"),
+    ("hf_paramgen/diffusion/__init__.py", "import_module"):
+        (1, "lazy import of this package's own submodules, named in the literal _EXPORTS table"),
+    ("hf_paramgen/generation/generator_loading.py", "import_module"):
+        (1, "imports the fixed module hf_paramgen.diffusion.generator (kept out of the remote-code closure)"),
+    ("hf_paramgen/generation/pipeline_parameter_generation.py", "import_module"):
+        (1, "imports a fixed hf_paramgen.diffusion module (kept out of the remote-code closure)"),
     ("examples/benchmark_corpus.py", "subprocess"):
         (2, "re-runs this example script itself (sys.executable, __file__) to time a child process"),
     ("examples/fault_drill.py", "subprocess"):

@@ -309,3 +309,30 @@ def check_sample_encoder_files(config_file: Path, weights: Path) -> None:
         raise GenerationError(f"{config_file} says {field_name}={values[field_name]}, but {weights} was saved with "
                               f"{field_name}={truth} ({name}: {list(stored)} stored, {list(expected)} from the "
                               f"config); restore {field_name}={truth} or save the sample encoder again.")
+
+
+def is_diffusion_generator(name_or_path: str | os.PathLike, revision: str | None = None,
+                           cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                           local_files_only: bool = False) -> bool:
+    """True when the folder or repo is a diffusion generator: its `config.json` names `model_type="param_diffusion"`
+    (what `ParamDiffusionPipeline.save_pretrained` writes beside `model_index.json`)."""
+    source = GeneratorSource(name_or_path, None, revision, cache_dir, token, local_files_only)
+    try:
+        config = json.loads(source.download("config.json").read_text())
+    except Exception:  # noqa: BLE001  (no config.json, or not reachable: not a diffusion folder; the loader explains)
+        return source.folder is not None and (source.folder / "model_index.json").is_file()
+    return isinstance(config, dict) and config.get("model_type") == "param_diffusion"
+
+
+def load_generator(name_or_path: str | os.PathLike, **kwargs):
+    """The generator at a folder or repo id, whichever family it is: a `DiffusionParamGenerator` for a diffusion
+    pipeline folder, else a `ParamGenerator` (`kwargs`: their `from_pretrained` options)."""
+    hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+    if is_diffusion_generator(name_or_path, **hub):  # imported by name: no part of this module's Hub remote code
+        import importlib
+
+        diffusion = importlib.import_module("hf_paramgen.diffusion.generator")
+        return diffusion.DiffusionParamGenerator.from_pretrained(name_or_path, **kwargs)
+    from .generator import ParamGenerator
+
+    return ParamGenerator.from_pretrained(name_or_path, **kwargs)

@@ -12,6 +12,11 @@
 `decoding="mean"` (the default where the ParamTokenizer has one code per chunk) loads the expected
 weights under each sampled code's distribution; `decoding="sample"` the sampled codes' weights.
 
+Two generator families behind one task: `model=` a diffusion generator folder or repo id (a diffusers pipeline
+folder, `hf_paramgen.diffusion`) gives a `ParamDiffusionPipeline` as the model and a `DiffusionParamGenerator`, with
+the sampling options `num_inference_steps` and `scheduler` ("ddim", "ddpm", "dpm_solver", "flow_match_euler") instead
+of the prior's; `out["codes"]` is None there. Switching families is switching the model id.
+
 The pipeline's `model` is the prior (`ParamPriorForCausalLM`); everything else is its `ParamGenerator`
 (`self.generator`, built with `ParamGenerator.from_prior` from the repo or folder the prior came from):
 preprocess, forward and postprocess only delegate to it. A saved pipeline (`save_pretrained`, the
@@ -81,6 +86,14 @@ class ParameterGenerationPipeline(Pipeline):
                  cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
                  subfolder: str | None = None, max_memory_bytes: int | None = None, **kwargs):
         super().__init__(model=model, **kwargs)
+        if is_diffusion_model(self.model):  # the diffusion family: a ParamDiffusionPipeline as the model
+            if param_tokenizer is not None or sample_encoders is not None:
+                raise TypeError("param_tokenizer and sample_encoders are autoregressive-generator components; a "
+                                "diffusion generator carries its own (conditioner/).")
+            self.generator = _diffusion("generator").DiffusionParamGenerator(
+                self.model, text_encoder=text_encoder, max_memory_bytes=max_memory_bytes)
+            self.param_tokenizer = None
+            return
         from huggingface_hub import constants
 
         name = getattr(self.model, "name_or_path", None) or None
@@ -105,13 +118,7 @@ class ParameterGenerationPipeline(Pipeline):
 
     def _sanitize_parameters(self, num_candidates=None, seed=None, output=None, show_progress=None, decoding=None,
                              num_samples=None, on_unseen_layout=None, **sampling):
-        unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
-        if unknown:
-            raise TypeError(f"Unknown parameter-generation options {unknown}; expected num_candidates, seed, output, "
-                            f"show_progress, decoding, on_unseen_layout or sampling options {list(SAMPLING_KEYS)}.")
-        forward = check_sampling(sampling)
-        if decoding is not None:
-            forward["decoding"] = resolve_decoding(self.param_tokenizer.config, decoding)
+        forward = self._sampling_options(sampling, decoding)
         num_candidates = resolve_num_candidates(num_candidates, num_samples, default=None)
         if num_candidates is not None:
             forward["num_candidates"] = num_candidates
@@ -130,6 +137,40 @@ class ParameterGenerationPipeline(Pipeline):
                 raise ValueError(f"on_unseen_layout must be one of {ON_UNSEEN_LAYOUT}, got {on_unseen_layout!r}.")
             pre["on_unseen_layout"] = on_unseen_layout
         return pre, forward, post
+
+    @property
+    def family(self) -> str:
+        """"diffusion" or "autoregressive": which generator family this pipeline runs."""
+        return "diffusion" if is_diffusion_model(self.model) else "autoregressive"
+
+    def _sampling_options(self, sampling: dict, decoding) -> dict:
+        """The family's sampling options, checked: the prior's `SAMPLING_KEYS` and `decoding`, or the diffusion
+        generator's `num_inference_steps` and `scheduler` (each family refuses the other's, naming its own)."""
+        if self.family == "diffusion":
+            generator, schedulers = _diffusion("generator"), _diffusion("schedulers")
+            options_known = generator.SAMPLING_OPTIONS
+            unknown = sorted(set(sampling) - set(options_known)) + (["decoding"] if decoding is not None else [])
+            if unknown:
+                raise TypeError(f"Unknown options for a diffusion generator: {unknown}; expected num_candidates, seed, "
+                                f"output, show_progress, on_unseen_layout or sampling options {list(options_known)}.")
+            options = generator.check_diffusion_sampling(sampling)
+            if options:  # validated now (unknown scheduler, bad step count), before any work
+                try:
+                    sampler = schedulers.sampling_scheduler(self.model.scheduler, options.get("scheduler"))
+                    if "num_inference_steps" in options:
+                        schedulers.check_num_inference_steps(options["num_inference_steps"], sampler)
+                except schedulers.SchedulerError as err:
+                    raise ValueError(str(err)) from err
+            return options
+        unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+        if unknown:
+            raise TypeError(f"Unknown parameter-generation options {unknown}; expected num_candidates, seed, output, "
+                            f"show_progress, decoding, on_unseen_layout or sampling options {list(SAMPLING_KEYS)} "
+                            "(num_inference_steps and scheduler are the diffusion family's).")
+        forward = check_sampling(sampling)
+        if decoding is not None:
+            forward["decoding"] = resolve_decoding(self.param_tokenizer.config, decoding)
+        return forward
 
     def preprocess(self, inputs: dict, on_unseen_layout: str = "warn", num_candidates: int = 1,
                    decoding: str | None = None) -> dict:
@@ -173,9 +214,27 @@ class ParameterGenerationPipeline(Pipeline):
         self.generator.save_pretrained(save_directory)
 
 
+def _diffusion(module: str):
+    """`hf_paramgen.diffusion.<module>`, imported by name: the diffusion family (diffusers) is no part of this
+    module's Hub remote code, which must travel without hf_paramgen (`hub.remote_code`)."""
+    import importlib
+
+    return importlib.import_module(f"hf_paramgen.diffusion.{module}")
+
+
+def is_diffusion_model(model) -> bool:
+    """True for a `ParamDiffusionPipeline` (checked without importing diffusers when it is not loaded)."""
+    import sys
+
+    module = sys.modules.get("hf_paramgen.diffusion.pipeline_param_diffusion")
+    return module is not None and isinstance(model, module.ParamDiffusionPipeline)
+
+
 def register() -> None:
     """Register the `parameter-generation` task with transformers' pipeline registry (idempotent)."""
     from transformers.pipelines import PIPELINE_REGISTRY
+
+    _diffusion("bridge").register()  # `model=<diffusion folder or repo id>` routes to the diffusion family
 
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ParameterGenerationPipeline,
                                         pt_model=AutoModelForCausalLM, type="multimodal")

@@ -21,15 +21,19 @@ from pathlib import Path
 from ..utils import atomic_write_json
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_generation"
+# the diffusion generator of the full run: the prior's wall-time budget, a denoiser of the prior's width and depth
+DIFFUSION_FULL = {"diffusion_steps": 20000, "diffusion_seconds": 2100, "diffusion_hidden_size": 128,
+                  "diffusion_num_layers": 4, "diffusion_batch_size": 16, "diffusion_sampling_steps": 50}
 # settings of the full run (the note and README quote them) and of `--small` (tests: seconds, not minutes)
 FULL = {"preset": "generalise", "tokenizer_steps": 3000, "tokenizer_seconds": 300, "prior_steps": 6000,
         "prior_seconds": 2100, "num_tasks": 4, "k": 4, "finetune_steps": 20, "max_steps": 100,
         "text_encoder": None, "hidden_size": 128, "num_layers": 4, "tokenizer_batch_size": None,
-        "prior_batch_size": 8}
+        "prior_batch_size": 8, **DIFFUSION_FULL}
 SMALL = {"preset": "tiny-generalise", "tokenizer_steps": 20, "tokenizer_seconds": 60, "prior_steps": 10,
          "prior_seconds": 60, "num_tasks": 1, "k": 2, "finetune_steps": 5, "max_steps": 10,
          "text_encoder": "hashing:384", "hidden_size": 32, "num_layers": 1, "tokenizer_batch_size": 8,
-         "prior_batch_size": 2}
+         "prior_batch_size": 2, "diffusion_steps": 10, "diffusion_seconds": 60, "diffusion_hidden_size": 32,
+         "diffusion_num_layers": 1, "diffusion_batch_size": 2, "diffusion_sampling_steps": 5}
 
 
 def _stage(name: str, done: bool) -> bool:
@@ -102,19 +106,45 @@ def run_benchmark(output_dir: str | Path = DEFAULT_OUTPUT_DIR, json_path: str | 
         if cfg["text_encoder"]:
             argv += ["--text_encoder", cfg["text_encoder"]]
         timed("prior", cli_train_prior, argv)
+    diff_dir = out / "diffusion_generator"
+    if _stage(f"diffusion generator ({len(trained)} architectures)", (diff_dir / "model_index.json").exists()):
+        timed("diffusion", train_benchmark_diffusion, out, trained, cfg)
     from .evaluation import cli_evaluate
 
     argv = ["--generator", str(gen_dir), "--zoo_dir", str(zoo_dir), "--json", str(json_path),
             "--architectures", *trained, "--heldout_architectures", *held, "--num_tasks", str(cfg["num_tasks"]),
             "--num_classes", "0", "--k", str(cfg["k"]), "--finetune_steps", str(cfg["finetune_steps"]),
-            "--max_steps", str(cfg["max_steps"]), "--throughput_batch", "8"]
+            "--max_steps", str(cfg["max_steps"]), "--throughput_batch", "8",
+            "--diffusion_generator", str(diff_dir), "--diffusion_steps", str(cfg["diffusion_sampling_steps"])]
     if cfg["text_encoder"]:
         argv += ["--hashing_conditions"]
     timed("evaluation", cli_evaluate, argv)
     results = json.loads(json_path.read_text())
-    results.update(stage_seconds=json.loads(stage_file.read_text()), benchmark_settings=cfg, output_dir=str(out))
+    stages = json.loads(stage_file.read_text())
+    results.update(stage_seconds=stages, benchmark_settings=cfg, output_dir=str(out),
+                   autoregressive_training_seconds=stages.get("prior"),
+                   diffusion_training_seconds=results.get("diffusion_training_seconds") or stages.get("diffusion"))
     atomic_write_json(json_path, results, indent=1)
     return results
+
+
+def train_benchmark_diffusion(output_dir: str | Path, architectures: list[str], settings: dict | None = None,
+                              max_time_s: float | None = None) -> int:
+    """Train (or resume) the benchmark's diffusion generator `<output_dir>/diffusion_generator` on its corpus, with
+    the prior's sample encoders, text encoder and cached conditions (`--reference_generator`)."""
+    from ..diffusion.cli import cli_train_diffusion
+
+    cfg, out = {**FULL, **(settings or {})}, Path(output_dir)
+    argv = ["--corpus", str(out / "corpus"), "--output_dir", str(out / "diffusion_generator"),
+            "--reference_generator", str(out / "generator"), "--architectures", *architectures,
+            "--sample_datasets", "mnist", "--max_steps", str(cfg["diffusion_steps"]),
+            "--max_time_s", str(max_time_s or cfg["diffusion_seconds"]),
+            "--batch_size", str(cfg["diffusion_batch_size"]),
+            "--hidden_size", str(cfg["diffusion_hidden_size"]), "--num_layers", str(cfg["diffusion_num_layers"]),
+            "--num_heads", "2" if cfg["diffusion_hidden_size"] < 64 else "4",
+            "--num_inference_steps", str(cfg["diffusion_sampling_steps"]), "--lr", "1e-3", "--warmup_steps", "50",
+            "--eval_every", "100", "--log_every", "50", "--save_every", "200"]
+    return cli_train_diffusion(argv)
 
 
 def cli_benchmark(argv: list[str]) -> int:

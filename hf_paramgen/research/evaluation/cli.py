@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--small", action="store_true", help="1 task per split, k=2, short curves (tests)")
     parser.add_argument("--hashing_conditions", action="store_true",
                         help="HashingTextEncoder instead of MiniLM (tests)")
+    parser.add_argument("--diffusion_generator", default=None,
+                        help="also evaluate this diffusion generator on the same rows (diffusion_* keys)")
+    parser.add_argument("--diffusion_steps", type=int, default=None, help="its sampling steps (default: its own)")
+    parser.add_argument("--diffusion_scheduler", default=None, help="its sampler (default: its own)")
+    parser.add_argument("--ar_timing_rows", type=int, default=2,
+                        help="rows per split on which the autoregressive generator's seconds per network are timed")
     return parser
 
 
@@ -108,6 +114,22 @@ def add_speed(result: dict, args: argparse.Namespace, gen_fn: GenerationTimer | 
     result["generation"]["keys"] = BATCHED_KEYS_NOTE
 
 
+def add_diffusion(result: dict, args: argparse.Namespace, generator) -> None:
+    """The diffusion generator's keys on the same rows (`diffusion_rows.add_diffusion_rows`), with the
+    autoregressive generator timed on `--ar_timing_rows` rows per split for `autoregressive_seconds_per_network`."""
+    from ...diffusion.training import training_seconds
+    from ...generation.generator_loading import load_generator
+    from .diffusion_rows import TimedGenerateFn, add_diffusion_rows, diffusion_sampling
+
+    diffusion = load_generator(args.diffusion_generator)
+    sampling = diffusion_sampling(diffusion, args.diffusion_steps, args.diffusion_scheduler)
+    ar_fn = None if generator is None else TimedGenerateFn(generator, decoding=args.decoding,
+                                                           temperature=args.temperature, top_k=args.top_k)
+    seconds = training_seconds(args.diffusion_generator) if Path(args.diffusion_generator).is_dir() else None
+    add_diffusion_rows(result, TimedGenerateFn(diffusion, **sampling), args.zoo_dir, k=args.k, seed=args.seed,
+                       sampling=sampling, training_seconds=seconds, ar_fn=ar_fn, ar_timing_rows=args.ar_timing_rows)
+
+
 def architecture_counts(generator, args: argparse.Namespace, heldout: list[str]) -> dict:
     """`num_architectures_trained` (architectures in the prior's `layouts`; the evaluated ones without a generator)
     and `num_architectures_heldout` (evaluated architectures the generator was not trained on)."""
@@ -130,6 +152,10 @@ def print_report(result: dict) -> None:
                if "batched_generation" in result else "")
     print(f"tokens_per_second: {result['tokens_per_second']}  compute_floor_ratio: {result['compute_floor_ratio']}"
           + batched)
+    if "diffusion_sampling_steps" in result:
+        from .diffusion_rows import format_diffusion_table
+
+        print(format_diffusion_table(result))
 
 
 def write_outputs(result: dict, json_path: str, png_path: str | None = None) -> None:
@@ -155,6 +181,8 @@ def cli_evaluate(argv: list[str]) -> int:
         result["settings"]["generation"] = {"decoding": args.decoding, "temperature": args.temperature,
                                             "top_k": args.top_k}
     add_speed(result, args, gen_fn, generator)
+    if args.diffusion_generator:
+        add_diffusion(result, args, generator)
     result.update(architecture_counts(generator, args, result["settings"]["heldout_architectures"]))
     if gen_fn is not None:
         result["targets"] = check_targets(result)
