@@ -147,3 +147,24 @@ def test_unknown_architectures_and_samples_providers_fail_early_naming_them(setu
         load_samples_provider("ZooSamples")
     with pytest.raises(ValueError, match="lacks sample_encoders"):
         load_samples_provider("collections:OrderedDict")
+
+
+def test_cli_train_prior_with_several_codes_per_step(setup):
+    """`--codes_per_step 2` on a ParamTokenizer of 2 codes per chunk: grouped batches train, the generator folder
+    records it and generates whole networks; a value that does not divide the codes per chunk fails naming both."""
+    root, _, _ = setup
+    torch.manual_seed(0)
+    ParamTokenizer(ParamTokenizerConfig(chunk_size=16, latents_per_chunk=2, codebook_size=16, codebook_dim=4,
+                                        hidden_size=16, num_layers=1)).save_pretrained(root / "tok2")
+    args = ["--corpus", str(root / "corpus"), "--param_tokenizer", str(root / "tok2"), "--text_encoder", "hashing:32",
+            "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--context", "64", "--max_steps", "2",
+            "--batch_size", "2", "--warmup_steps", "0", "--sample_datasets", "digits"]
+    with pytest.raises(ValueError, match="codes_per_step=3 must divide codes_per_chunk=2"):
+        cli_train_prior([*args, "--output_dir", str(root / "never"), "--codes_per_step", "3"])
+    out = root / "grouped_gen"
+    assert cli_train_prior([*args, "--output_dir", str(out), "--codes_per_step", "2"]) == 0
+    assert json.loads((out / "config.json").read_text())["codes_per_step"] == 2
+    prior = ParamGenerator.from_pretrained(out).prior
+    layout = ParamLayout.from_module(build_model("mlp-64-32", 4))  # 139 chunks: 139 steps, in blocks of < 64
+    codes = prior.generate_codes(layout=layout, num_candidates=2, seed=0, do_sample=True)
+    assert codes.shape == (2, sum(-(-s.numel // 16) for s in layout.specs), 2) and int(codes.max()) < 16

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.code_structure import NUM_STRUCTURE_FIELDS, structure_for_layout
+from ..models.code_structure import NUM_STRUCTURE_FIELDS, step_structure, structure_for_layout
 from ..models.configuration_param_prior import ParamPriorConfig
 
 
@@ -33,15 +33,23 @@ class PriorCollator:
     Rows with more codes than ``max_codes`` are cropped to a random window ``codes[a:a+max_codes]``
     (structure rows kept absolute), the way block-wise generation continues a network.
 
+    With ``config.codes_per_step`` = G > 1 the batch is grouped by decoding steps (see
+    `hf_paramgen.models.modeling_param_prior`): ``input_ids`` / ``labels`` (b*G, 1+S_max), row i*G+g = code slot g
+    of row i; ``attention_mask`` (b, 1+S_max); ``code_structure`` (b, 1+S_max, 10), one row per step (its first
+    code's). Crop windows start at a multiple of G, as block-wise generation's windows of whole steps do.
+
     Args:
-        config: the prior's config (special ids, vocabulary, layouts, context).
-        max_codes: crop length (default: ``config.max_block_codes``).
+        config: the prior's config (special ids, vocabulary, layouts, context, codes per step).
+        max_codes: crop length in codes, a multiple of ``codes_per_step`` (default: ``config.max_block_codes``).
         seed: seed of the crop positions.
     """
 
     def __init__(self, config: ParamPriorConfig, max_codes: int | None = None, seed: int = 0):
         self.config = config
         self.max_codes = max_codes or config.max_block_codes
+        if self.max_codes % config.codes_per_step:
+            raise ValueError(f"max_codes={self.max_codes} must be a multiple of codes_per_step={config.codes_per_step} "
+                             "(crops hold whole decoding steps).")
         self.generator = torch.Generator().manual_seed(seed)
         self._structures: dict[str, torch.Tensor] = {}
 
@@ -67,18 +75,23 @@ class PriorCollator:
         return structure
 
     def _row(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids (1+m,), code_structure (1+m, 10)) of one row, cropped to `max_codes` codes."""
+        """(input_ids (G, 1+s), code_structure (1+s, 10)) of one row, cropped to `max_codes` codes = s steps of G."""
+        per_step = self.config.codes_per_step
         codes = _tensor(row["codes"], torch.long).reshape(-1)
         structure = self._structure(row, codes.shape[0])
-        if codes.shape[0] > self.max_codes:
-            start = int(torch.randint(0, codes.shape[0] - self.max_codes + 1, (1,), generator=self.generator))
+        if codes.shape[0] % per_step:
+            raise ValueError(f"a row of {codes.shape[0]} codes does not split into steps of codes_per_step={per_step}.")
+        if codes.shape[0] > self.max_codes:  # a window of whole steps: start at a multiple of G
+            choices = (codes.shape[0] - self.max_codes) // per_step + 1
+            start = per_step * int(torch.randint(0, choices, (1,), generator=self.generator))
             codes, structure = codes[start : start + self.max_codes], structure[start : start + self.max_codes]
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), "
                              f"got [{int(codes.min())}, {int(codes.max())}].")
-        ids = torch.cat([torch.tensor([self.config.bos_token_id]), codes + self.config.code_offset])
-        # row p = code p; the last row is unused
-        return ids, torch.cat([structure, structure.new_zeros(1, NUM_STRUCTURE_FIELDS)])
+        steps = (codes + self.config.code_offset).view(-1, per_step).T  # (G, s): slot g of every step
+        ids = torch.cat([torch.full((per_step, 1), self.config.bos_token_id), steps], dim=1)  # (G, 1+s)
+        # row p = step p (its first code); the last row is unused
+        return ids, torch.cat([step_structure(structure, per_step), structure.new_zeros(1, NUM_STRUCTURE_FIELDS)])
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -86,13 +99,14 @@ class PriorCollator:
         seqs = [self._row(r) for r in rows]
         conds = [_tensor(r["condition_embeds"], torch.float32) for r in rows]
         types = [_tensor(r["condition_types"], torch.long).reshape(-1) for r in rows]
-        b, length, n_max = len(rows), max(s[0].shape[0] for s in seqs), max(c.shape[0] for c in conds)
+        per_step = self.config.codes_per_step
+        b, length, n_max = len(rows), max(s[0].shape[1] for s in seqs), max(c.shape[0] for c in conds)
         dims = {c.shape[-1] for c in conds}
         if len(dims) != 1 or any(c.ndim != 2 for c in conds):
             raise ValueError("condition_embeds must all be (n_cond, d) with one d, got shapes "
                              f"{[tuple(c.shape) for c in conds]}.")
         batch = {
-            "input_ids": torch.full((b, length), self.config.pad_token_id, dtype=torch.long),
+            "input_ids": torch.full((b * per_step, length), self.config.pad_token_id, dtype=torch.long),
             "attention_mask": torch.zeros(b, length, dtype=torch.long),
             "code_structure": torch.zeros(b, length, NUM_STRUCTURE_FIELDS, dtype=torch.long),
             "condition_embeds": torch.zeros(b, n_max, dims.pop()),
@@ -102,13 +116,14 @@ class PriorCollator:
         for i, ((ids, structure), cond, typ) in enumerate(zip(seqs, conds, types, strict=False)):
             if typ.shape[0] != cond.shape[0]:
                 raise ValueError(f"row {i}: {cond.shape[0]} condition vectors but {typ.shape[0]} condition types.")
-            batch["input_ids"][i, : ids.shape[0]] = ids
-            batch["attention_mask"][i, : ids.shape[0]] = 1
-            batch["code_structure"][i, : ids.shape[0]] = structure
+            batch["input_ids"][i * per_step : (i + 1) * per_step, : ids.shape[1]] = ids
+            batch["attention_mask"][i, : ids.shape[1]] = 1
+            batch["code_structure"][i, : ids.shape[1]] = structure
             batch["condition_embeds"][i, : cond.shape[0]] = cond
             batch["condition_types"][i, : cond.shape[0]] = typ
             batch["condition_mask"][i, : cond.shape[0]] = 1
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        padding = batch["attention_mask"].repeat_interleave(per_step, dim=0) == 0  # (b*G, 1+S_max)
+        labels = batch["input_ids"].masked_fill(padding, -100)
         labels[:, 0] = -100  # BOS is never a target
         batch["labels"] = labels
         return batch

@@ -17,6 +17,9 @@ Two embeddings of these rows (`ParamPriorConfig.structure_embedding`):
   any width, depth or tensor size is expressible, and unit i of a narrow layer has the same `row` features as
   unit i of a wide one.
 
+With several codes per decoding step (`codes_per_step` = G) the prior sees one row per step, `step_structure`: that of
+the step's first code.
+
 Used by `ParamPriorForCausalLM`, the training collator and generation; this module is part of the prior's Hub
 remote code.
 """
@@ -98,6 +101,16 @@ def structure_for_layout(layout, chunk_size: int, codes_per_chunk: int, aggregat
     shapes = shape_features(layout, chunk_size, aggregation, position)  # (N, 5)
     per_code = lambda x: x.repeat_interleave(codes_per_chunk, dim=0)  # noqa: E731  chunk rows -> code rows
     return torch.cat([per_code(position), slots[:, None], per_code(classes)[:, None], per_code(shapes)], dim=1)
+
+
+def step_structure(structure: torch.Tensor, codes_per_step: int) -> torch.Tensor:
+    """Per-step structure (S, 10) from per-code rows (S*G, 10): the row of each step's first code. The G codes of a
+    step lie in one chunk (G divides `codes_per_chunk`), so only their slot differs, and the slot embedding of the
+    first one (a multiple of G) says which part of the chunk the step writes."""
+    if structure.shape[0] % codes_per_step:
+        raise ValueError(f"{structure.shape[0]} structure rows do not split into steps of codes_per_step="
+                         f"{codes_per_step}.")
+    return structure[::codes_per_step]
 
 
 class CodeStructureEmbedding(nn.Module):

@@ -40,10 +40,11 @@ TEXT_ENCODER_ALIASES = {"all-MiniLM-L6-v2": DEFAULT_TEXT_ENCODER}
 class ParamPriorConfig(PreTrainedConfig):
     """Configuration of a `ParamPriorForCausalLM`.
 
-    Sequence fed to the decoder: `[condition prefix (n_cond)] [BOS] [code_0 ... code_{T-1}]`.
-    The context `max_position_embeddings` counts all of it; networks with more codes than fit are
-    generated block by block (each block: prefix, BOS, the last `block_window` codes of the
-    previous block, new codes).
+    Sequence fed to the decoder: `[condition prefix (n_cond)] [BOS] [step_0 ... step_{S-1}]`, where a decoding step
+    holds `codes_per_step` (G) consecutive codes of the flat code sequence (G = 1: one code per position, as in
+    IGPG; G = codes_per_chunk: one whole chunk per position; see `modeling_param_prior`). The context
+    `max_position_embeddings` counts all of it (in positions = steps); networks with more steps than fit are
+    generated block by block (each block: prefix, BOS, the last `block_window` steps of the previous block, new steps).
 
     Structure: every code token carries `STRUCTURE_FIELDS` (`code_structure`). With `structure_embedding="tables"`
     (the default of older configs) the prior embeds `(tensor_index, chunk_in_tensor, kind_id, slot)` by tables whose
@@ -54,6 +55,8 @@ class ParamPriorConfig(PreTrainedConfig):
     Args:
         codebook_size: codes per ParamTokenizer codebook (K).
         codes_per_chunk: codes per chunk = the ParamTokenizer's `codes_per_chunk` (latents_per_chunk * num_quantizers).
+        codes_per_step: codes written per decoding step (G, default 1); must divide `codes_per_chunk`, so the G codes of
+            a step always lie in one chunk. A network of N*l codes then takes N*l/G decoding steps.
         num_special_tokens: ids below `code_offset`; must hold `bos_token_id` and `pad_token_id`.
         bos_token_id / pad_token_id: special ids.
         condition_dim: width of the condition vectors (`ConditionEncoder.dim`).
@@ -64,9 +67,9 @@ class ParamPriorConfig(PreTrainedConfig):
         structure_embedding: "tables" or "factorised" (see above).
         transformer: the decoder's transformers config, or its dict (needs `model_type`; default a small Llama);
             vocabulary, context and special ids are set from this config.
-        max_position_embeddings: context length (prefix + BOS + codes).
-        block_window: codes of the previous block kept as context in block-wise generation
-            (default: half of a block).
+        max_position_embeddings: context length (prefix + BOS + steps; a step is one code when codes_per_step=1).
+        block_window: decoding steps (codes when codes_per_step=1) of the previous block kept as context in
+            block-wise generation (default: half of a block).
         chunk_size / aggregation: chunking the codes were made with (defaults for `generate_codes`).
         param_tokenizer_repo_id / param_tokenizer_revision / param_tokenizer_subfolder: where the
             matching ParamTokenizer lives (subfolder of the generator repo, or a pinned repo + revision).
@@ -88,6 +91,7 @@ class ParamPriorConfig(PreTrainedConfig):
         self,
         codebook_size: int = 256,
         codes_per_chunk: int = 1,
+        codes_per_step: int = 1,
         num_special_tokens: int = 2,
         bos_token_id: int = 0,
         pad_token_id: int = 1,
@@ -116,6 +120,7 @@ class ParamPriorConfig(PreTrainedConfig):
     ):
         self.codebook_size = codebook_size
         self.codes_per_chunk = codes_per_chunk
+        self.codes_per_step = codes_per_step
         self.num_special_tokens = num_special_tokens
         self.bos_token_id = bos_token_id
         self.pad_token_id = pad_token_id
@@ -178,9 +183,14 @@ class ParamPriorConfig(PreTrainedConfig):
         return int(self.transformer.hidden_size)
 
     @property
-    def max_block_codes(self) -> int:
-        """Codes one block can hold with a full condition prefix: context - max_condition_tokens - 1."""
+    def max_block_steps(self) -> int:
+        """Decoding steps one block can hold with a full condition prefix: context - max_condition_tokens - 1."""
         return self.max_position_embeddings - self.max_condition_tokens - 1
+
+    @property
+    def max_block_codes(self) -> int:
+        """Codes one block can hold with a full condition prefix: `max_block_steps * codes_per_step`."""
+        return self.max_block_steps * self.codes_per_step
 
     @staticmethod
     def _decoder(transformer: dict | PreTrainedConfig | None) -> tuple[PreTrainedConfig, int | None]:
@@ -196,10 +206,16 @@ class ParamPriorConfig(PreTrainedConfig):
                   if k not in _MANAGED_KEYS and k not in ("model_type", "transformers_version")}
         return AutoConfig.for_model(transformer["model_type"], **copy.deepcopy(kwargs)), transformer.get("vocab_size")
 
+    @property
+    def decoder_vocab_size(self) -> int:
+        """Rows of the decoder's input embedding table: one table of `vocab_size` ids per code slot of a step
+        (row `g * vocab_size + id` embeds `id` in slot g; `vocab_size` when codes_per_step=1)."""
+        return self.vocab_size * self.codes_per_step
+
     def _sync_decoder(self) -> None:
         """Vocabulary, context and special ids of the decoder follow this config."""
         config = self.transformer
-        config.vocab_size = self.vocab_size
+        config.vocab_size = self.decoder_vocab_size
         config.max_position_embeddings = self.max_position_embeddings  # GPT-2 maps this to n_positions
         config.bos_token_id, config.pad_token_id, config.eos_token_id = self.bos_token_id, self.pad_token_id, None
         config.tie_word_embeddings = False
@@ -241,8 +257,8 @@ class ParamPriorConfig(PreTrainedConfig):
                              f"with a list of 'specs'), got {value!r:.120}.")
 
     def _validate(self, decoder_vocab: int | None = None) -> None:
-        positive = ("codebook_size", "codes_per_chunk", "num_special_tokens", "condition_dim", "max_condition_tokens",
-                    "num_condition_types", "num_kinds", "max_tensors", "max_chunks_per_tensor",
+        positive = ("codebook_size", "codes_per_chunk", "codes_per_step", "num_special_tokens", "condition_dim",
+                    "max_condition_tokens", "num_condition_types", "num_kinds", "max_tensors", "max_chunks_per_tensor",
                     "max_position_embeddings")
         for name in positive:
             value = getattr(self, name)
@@ -250,6 +266,12 @@ class ParamPriorConfig(PreTrainedConfig):
                 raise ValueError(f"ParamPriorConfig.{name} must be a positive int, got {value!r}.")
         if self.codebook_size < 2:
             raise ValueError(f"ParamPriorConfig.codebook_size must be >= 2, got {self.codebook_size}.")
+        if self.codes_per_chunk % self.codes_per_step:
+            raise ValueError(
+                f"ParamPriorConfig.codes_per_step={self.codes_per_step} must divide codes_per_chunk="
+                f"{self.codes_per_chunk} (a decoding step holds codes of one chunk only); divisors: "
+                f"{[g for g in range(1, self.codes_per_chunk + 1) if self.codes_per_chunk % g == 0]}."
+            )
         for name in ("bos_token_id", "pad_token_id"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < self.num_special_tokens:
@@ -261,21 +283,26 @@ class ParamPriorConfig(PreTrainedConfig):
             raise ValueError(f"bos_token_id and pad_token_id must differ, both are {self.bos_token_id}.")
         if self.num_condition_types < 2:
             raise ValueError(f"num_condition_types must be >= 2 (text, architecture), got {self.num_condition_types}.")
-        if self.max_block_codes < 2:
+        if self.max_block_steps < 2:
+            steps = f" ({self.max_block_steps} steps of {self.codes_per_step})" if self.codes_per_step > 1 else ""
             raise ValueError(
-                f"max_position_embeddings={self.max_position_embeddings} leaves {self.max_block_codes} codes per block "
-                f"after max_condition_tokens={self.max_condition_tokens} + BOS; need at least 2."
+                f"max_position_embeddings={self.max_position_embeddings} leaves {self.max_block_codes} codes{steps} "
+                f"per block after max_condition_tokens={self.max_condition_tokens} + BOS; need at least 2 decoding "
+                "steps."
             )
-        if self.block_window is not None and not 0 <= self.block_window < self.max_block_codes:
+        if self.block_window is not None and not 0 <= self.block_window < self.max_block_steps:
+            name = "max_block_codes" if self.codes_per_step == 1 else "max_block_steps"
             raise ValueError(
-                f"block_window must lie in [0, max_block_codes={self.max_block_codes}), got {self.block_window}."
+                f"block_window must lie in [0, {name}={self.max_block_steps}), got {self.block_window}."
             )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"ParamPriorConfig.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
-        if decoder_vocab is not None and decoder_vocab != self.vocab_size:
+        if decoder_vocab is not None and decoder_vocab != self.decoder_vocab_size:
+            per_step = f" x codes_per_step={self.codes_per_step}" if self.codes_per_step > 1 else ""
             raise ValueError(
-                f"transformer['vocab_size']={decoder_vocab} disagrees with the prior's vocabulary {self.vocab_size} "
-                "(num_special_tokens + codebook_size); leave it out of `transformer`."
+                f"transformer['vocab_size']={decoder_vocab} disagrees with the prior's vocabulary "
+                f"{self.decoder_vocab_size} (num_special_tokens + codebook_size{per_step}); leave it out of "
+                "`transformer`."
             )
         self._sync_decoder()
         if not isinstance(self.text_encoder, str) or not self.text_encoder:

@@ -19,6 +19,23 @@ class by class, which is what lets a generated head follow a new label order (DE
 `STRUCTURE_FIELDS` (where it lies, and the shape of its tensor), so the prior always knows where in the network
 the next code lies, also in block-wise generation where positions in the decoder are relative.
 
+Several codes per decoding step (`config.codes_per_step` = G > 1): position p of the decoder is **step** p, the G
+consecutive codes `p*G ... p*G+G-1` of the flat code sequence (G divides `codes_per_chunk`, so they lie in one
+chunk). `input_ids` are (b*G, q): row `i*G + g` is code slot g of network i (`[BOS, code_g of step 0, code_g of
+step 1, ...]`), the layout MusicGen uses for its codebooks, so transformers' `generate`, its logits processors and
+its sampler act on each code as on a token, while the decoder (and its KV cache) runs at batch b:
+
+    step     = G**-0.5 * sum_g embed_tokens(g * vocab_size + id_g)          (b, q, h)  one table per slot
+             + structure_embed(code_structure) (+ injection, as above)     structure row of the step's first code
+    logits   = lm_head(hidden) (b, q, G*V) -> (b*G, q, V)                   G linear read-outs of one hidden state
+
+Per-slot tables rather than a shared table plus a per-slot vector: summed over the slots, an added per-slot vector
+is one constant, so the step embedding could not tell which code sits in which slot. G read-outs (one Linear of
+G*V outputs) rather than `lm_head(hidden + slot_query[g])`: a linear head maps that to `lm_head(hidden) +
+lm_head(slot_query[g])`, the same distribution up to a per-slot bias. The G codes of a step are drawn
+independently given the hidden state (the price of writing them in one step); the loss is the mean cross-entropy
+over all codes. `code_structure` (b, q, 10) has one row per step; `attention_mask` is (b, L) or (b*G, L).
+
 The structure rows and their embedding live in `code_structure`, whole-network generation
 (`generate_codes`) in `generation_param_prior`; both are re-exported / mixed in here.
 
@@ -35,6 +52,9 @@ How the training collator builds a batch (`hf_paramgen.data.collate.PriorCollato
 * ``labels`` (b, 1+T_max): ``input_ids`` with -100 on BOS and padding (shifted inside `forward`).
 * Networks longer than a block: crop a random window of ``codes[a:a+m]`` (structure rows ``a:a+m``
   kept absolute), as block-wise generation sees it.
+* G > 1: T counts steps; ``input_ids`` / ``labels`` are (b*G, 1+S_max) (row i*G+g: slot g of network i),
+  ``attention_mask`` (b, 1+S_max), ``code_structure`` (b, 1+S_max, 10) (the rows ``structure[::G]``), and crop
+  windows start at a multiple of G.
 """
 
 from __future__ import annotations
@@ -82,7 +102,7 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
         self.condition_proj = nn.Sequential(nn.LayerNorm(config.condition_dim), nn.Linear(config.condition_dim, hidden))
         self.condition_type_embed = nn.Embedding(config.num_condition_types, hidden)
         self.structure_embed = structure_embedding(config, hidden)  # tables or factorised (code_structure)
-        self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(hidden, config.vocab_size * config.codes_per_step, bias=False)  # G read-outs
         if config.condition_injection:
             self.token_condition = nn.Linear(hidden, hidden)
             self.class_condition = nn.Linear(hidden, hidden)
@@ -195,13 +215,15 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
         """Logits for every position of `input_ids` (b, q); the prefix is only fed when the cache is empty.
 
         Args:
-            input_ids: (b, q) `[BOS, codes + code_offset ...]`, or only the new ids when `cache` holds the past.
+            input_ids: (b, q) `[BOS, codes + code_offset ...]`, or only the new ids when `cache` holds the past; with
+                codes_per_step=G > 1, (b*G, q), row i*G+g = code slot g of network i (module docstring).
             condition_embeds / condition_types / condition_mask: (b, n_cond, d) / (b, n_cond) / (b, n_cond);
                 types default to 0 (text), the mask to all ones.
             code_structure: (b, q, 10) `STRUCTURE_FIELDS` (4 or 5 accepted: no shape fields), row p = structure of
-                the code predicted at position p.
-            attention_mask: (b, past_ids + q) over `input_ids` only, or (b, n_cond + past_ids + q) including the prefix.
-            labels: (b, q), -100 where ignored; shifted inside (position p predicts labels[p+1]).
+                the code (step: its first code) predicted at position p.
+            attention_mask: (b, past_ids + q) over `input_ids` only, or (b, n_cond + past_ids + q) including the prefix
+                (b*G rows accepted: slot 0's are used).
+            labels: like `input_ids`, -100 where ignored; shifted inside (position p predicts labels[p+1]).
             cache / past_key_values: a transformers `Cache` (`past_key_values` is the older name).
             logits_to_keep: if > 0, logits only for the last `logits_to_keep` positions.
             num_items_in_batch: if given, the loss is summed and divided by it (gradient accumulation).
@@ -210,8 +232,10 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
         cache = cache if cache is not None else past_key_values
         if use_cache is None and labels is not None:
             use_cache = False  # training: no cache to build
-        b, q = self._check_inputs(input_ids, code_structure, condition_embeds)
-        past = cache.get_seq_length() if cache is not None else 0
+        b, q = self._check_inputs(input_ids, code_structure, condition_embeds)  # b networks (input_ids: b*G rows)
+        past = int(cache.get_seq_length()) if cache is not None else 0  # a static cache counts in a tensor
+        if attention_mask is not None and attention_mask.shape[0] != b:  # (b*G, L) as generate() keeps it
+            attention_mask = attention_mask[:: self.config.codes_per_step]
         if condition_embeds is None or condition_mask is None:  # no condition: an empty mask
             n_cond = 0 if condition_embeds is None else condition_embeds.shape[1]
             condition_mask = torch.ones(b, n_cond, dtype=torch.long, device=input_ids.device)
@@ -231,10 +255,16 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
         )
 
     def _check_inputs(self, input_ids, code_structure, condition_embeds) -> tuple[int, int]:
-        """(b, q) of `input_ids`, after checking that the structure and condition rows match them."""
+        """(b, q) of `input_ids` (b networks, q positions), after checking that the structure and condition rows match
+        them; with codes_per_step=G > 1 `input_ids` hold b*G rows."""
         if input_ids is None or input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (b, q), got {None if input_ids is None else tuple(input_ids.shape)}.")
-        b, q = input_ids.shape
+        rows, q = input_ids.shape
+        per_step = self.config.codes_per_step
+        if rows % per_step:
+            raise ValueError(f"input_ids must hold b * codes_per_step rows (row i*{per_step}+g: code slot g of network "
+                             f"i), got {rows} rows with codes_per_step={per_step}.")
+        b = rows // per_step
         if code_structure is not None and (
             code_structure.ndim != 3 or code_structure.shape[:2] != (b, q)
             or code_structure.shape[2] not in STRUCTURE_WIDTHS
@@ -250,7 +280,7 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
     def _embed(self, input_ids, code_structure, condition_embeds, condition_types, condition_mask, past: int):
         """Decoder inputs (b, [n_cond +] q, h): token + structure (+ injected condition) embeddings, with the
         condition prefix in front when the cache is empty."""
-        embeds = self.get_input_embeddings()(input_ids)  # (b, q, h)
+        embeds = self._step_embeddings(input_ids)  # (b, q, h)
         if code_structure is not None:
             embeds = embeds + self.structure_embed(code_structure)
         n_cond = condition_mask.shape[1]
@@ -260,11 +290,25 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
             embeds = torch.cat([self._prefix(condition_embeds, condition_types), embeds], dim=1)
         return embeds
 
+    def _step_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(b*G, q) ids -> (b, q, h): the token embedding (G = 1), else G**-0.5 * the sum over slots g of the slot-g
+        table's embedding of id_g (rows `g * vocab_size + id` of the decoder's input table)."""
+        table, per_step = self.get_input_embeddings(), self.config.codes_per_step
+        if per_step == 1:
+            return table(input_ids)
+        offsets = self.config.vocab_size * torch.arange(per_step, device=input_ids.device)[:, None]  # (G, 1)
+        ids = input_ids.view(-1, per_step, input_ids.shape[1]) + offsets  # (b, G, q)
+        return table(ids).sum(1) * per_step**-0.5  # (b, G, q, h) -> (b, q, h)
+
     def _logits(self, hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-        """Float logits over the vocabulary (b, q or logits_to_keep, V); special ids are never predicted."""
+        """Float logits over the vocabulary (b*G, q or logits_to_keep, V); special ids are never predicted."""
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden).float()
+        logits = self.lm_head(hidden).float()  # (b, q, G*V)
+        per_step = self.config.codes_per_step
+        if per_step > 1:  # (b, q, G, V) -> (b, G, q, V) -> (b*G, q, V): row i*G+g is slot g of network i
+            b, q = logits.shape[:2]
+            logits = logits.view(b, q, per_step, -1).transpose(1, 2).reshape(b * per_step, q, -1)
         logits[..., : self.config.code_offset] = torch.finfo(logits.dtype).min
         return logits
 
@@ -286,7 +330,8 @@ class ParamPriorForCausalLM(RemoteCodeMixin, ParamPriorGenerationMixin, PreTrain
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | None) -> torch.Tensor:
         if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels must be (b, q)={tuple(logits.shape[:2])}, got {tuple(labels.shape)}.")
+            raise ValueError(f"labels must be shaped like input_ids {tuple(logits.shape[:2])}, got "
+                             f"{tuple(labels.shape)}.")
         shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # (b*(q-1), V)
         shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
         if num_items_in_batch is None:

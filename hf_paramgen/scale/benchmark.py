@@ -22,7 +22,7 @@ from pathlib import Path
 from ..utils import atomic_write_json
 
 DEFAULT_OUTPUT_DIR = "outputs/scale"
-FULL = {"preset": "full", "rank": 64, "head_rank": 64, "tok_chunk_size": 16, "tok_latents": 8, "tokenizer_steps": 4000,
+FULL = {"preset": "full", "rank": 64, "head_rank": 32, "tok_chunk_size": 16, "tok_latents": 8, "tokenizer_steps": 4000,
         "tokenizer_seconds": 420, "codes_per_step": 8, "prior_steps": 4000, "prior_seconds": 1200, "context": 1024,
         "hidden_size": 192, "num_layers": 4, "prior_batch_size": 8, "num_tasks": 24, "k": 4, "text_encoder": None,
         "tokenizer_batch_size": None}

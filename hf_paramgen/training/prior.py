@@ -329,7 +329,7 @@ class PriorScriptArguments:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    context: int = field(default=1280, metadata={"help": "max_position_embeddings (prefix + BOS + codes)"})
+    context: int = field(default=1280, metadata={"help": "max_position_embeddings (prefix + BOS + decoding steps)"})
     batch_size: int = 8
     lr: float = 1e-3
     max_steps: int = 2000
@@ -346,10 +346,12 @@ class PriorScriptArguments:
                 "(learned tables, capped at max_tensors / max_chunks_per_tensor)"})
     condition_injection: bool = field(default=True, metadata={
         "help": "also condition every code token (--no_condition_injection: through the prefix only, as IGPG)"})
+    codes_per_step: int = field(default=1, metadata={
+        "help": "codes the prior writes per decoding step (a divisor of the ParamTokenizer's codes per chunk)"})
 
     def __post_init__(self):
         """The decoder's shape checked before any work (transformers would refuse it deep inside its config)."""
-        for name in ("hidden_size", "num_layers", "num_heads", "context"):
+        for name in ("hidden_size", "num_layers", "num_heads", "context", "codes_per_step"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name} must be an int >= 1, got {value!r}.")
@@ -362,7 +364,7 @@ class PriorScriptArguments:
         """`ParamPriorConfig` fields these arguments set (a Llama decoder of `hidden_size` x `num_layers`)."""
         h = self.hidden_size
         return {"max_position_embeddings": self.context, "condition_injection": self.condition_injection,
-                "structure_embedding": self.structure_embedding,
+                "structure_embedding": self.structure_embedding, "codes_per_step": self.codes_per_step,
                 "transformer": {**SMALL_DECODER, "hidden_size": h, "intermediate_size": 4 * h,
                                 "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
                                 "num_key_value_heads": self.num_heads}}
