@@ -8,6 +8,8 @@ import sys
 # subcommand -> (module, function taking argv: list[str]), imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build-zoo": ("hf_paramgen.research.zoo", "cli_build_zoo", "train a model zoo of small nets on real data"),
+    "build-finetune-zoo": ("hf_paramgen.scale.finetune_zoo", "cli_build_finetune_zoo",
+                           "train a base of millions of parameters and real fine-tunes of it (float16 deltas)"),
     "build-adapter-zoo": ("hf_paramgen.research.adapter_zoo", "cli_build_adapter_zoo",
                           "train LoRA adapter zoos (MNIST MLP base, MiniLM base)"),
     "build-corpus": ("hf_paramgen.data.corpus", "cli_build_corpus",

@@ -113,3 +113,36 @@ def test_two_ranks_build_the_same_zoo(tiny_zoo, tmp_path):
     assert build_finetune_zoo(sharded, "tiny", num_workers=1, rank=0, world_size=2)["num_trained_this_run"] == 0
     with pytest.raises(ValueError, match="rank must be in 0..1"):
         build_finetune_zoo(sharded, "tiny", num_workers=1, rank=2, world_size=2)
+
+
+def test_generator_refuses_networks_over_its_memory_limit(tiny_zoo, tmp_path):
+    from hf_paramgen.generation.generation_checks import GenerationError
+    from hf_paramgen.scale.delta_generator import DeltaGenerator
+
+    out, _ = tiny_zoo
+    codec = fit_codec(out, tmp_path / "codec", rank=8, head_rank=8)
+    gen = DeltaGenerator(None, codec, max_memory_bytes=10_000)
+    with pytest.raises(GenerationError, match="max_memory_bytes"):
+        gen.check_memory(3)
+    assert DeltaGenerator(None, codec).check_memory(3) == 2 * 4 * gen.network_params(3)
+    with pytest.raises(GenerationError, match="no delta_codec/"):
+        DeltaGenerator.from_pretrained(tmp_path)
+
+
+@pytest.mark.slow
+def test_small_scale_benchmark(tmp_path):
+    """The whole chain on the tiny preset: zoo, codec, coefficients, corpus, tokenizer, a G=8 prior, evaluation."""
+    from hf_paramgen.scale.benchmark import cli_benchmark_scale
+
+    out = tmp_path / "scale"
+    assert cli_benchmark_scale(["--small", "--output_dir", str(out), "--num_workers", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("largest_generated_params", "codes_per_param", "bits_per_param", "heldout_mean_accuracy_drop_pp",
+                "heldout_worst_accuracy_drop_pp", "seconds_per_network", "params_per_second", "compute_floor_ratio",
+                "peak_rss_mb", "targets"):
+        assert key in results, key
+    for split in ("heldout_tasks", "heldout_classes"):
+        for key in ("generated_zero_shot", "finetuned", "base_only", "retrieval", "num_tasks"):
+            assert key in results[split], (split, key)
+    assert results["saved_and_reloaded_identical"] is True
+    assert results["codes_per_step"] == 8

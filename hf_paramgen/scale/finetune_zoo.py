@@ -361,3 +361,32 @@ def _manifest(output_dir: Path, preset: str, jobs: list[dict], trained: int | No
                 "disk_bytes": disk, "build_seconds": round(before + seconds, 1), "num_trained_this_run": trained,
                 "num_workers": num_workers, "num_processes": world_size, "checkpoints": entries}
     return manifest
+
+
+def cli_build_finetune_zoo(argv: list[str]) -> int:
+    """`hf-paramgen build-finetune-zoo --output_dir outputs/scale/zoo --preset full --num_workers 2` (also under
+    `accelerate launch --multi_gpu --num_processes N -m hf_paramgen.cli build-finetune-zoo ...`)."""
+    import argparse
+
+    from ..jobs import clear_job_errors
+    from ..research.sharding import add_shard_arguments, shard_from_args
+
+    parser = argparse.ArgumentParser(prog="hf-paramgen build-finetune-zoo",
+                                     description="Train a base of millions of parameters and real fine-tunes of it.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--preset", choices=sorted(SCALE_PRESETS), default="full")
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="build only the first N planned fine-tunes")
+    add_shard_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.num_workers < 1:
+        parser.error(f"--num_workers must be >= 1 (1: train in this process), got {args.num_workers}.")
+    if args.limit is not None and args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}.")
+    shard_from_args(parser, args)  # bad --rank/--world_size: a usage error before any work
+    with clear_job_errors(parser.prog, args.output_dir):
+        manifest = build_finetune_zoo(args.output_dir, args.preset, args.num_workers, args.limit, args.rank,
+                                      args.world_size)
+    if manifest is not None:
+        print(json.dumps({k: v for k, v in manifest.items() if k != "checkpoints"}, indent=2))
+    return 0
