@@ -6,6 +6,13 @@ Needs the MiniLM adapter zoo (its base) and a generator trained on it (see `benc
         --output_dir outputs/my_minilm_adapter
 
 Prints the adapter's test accuracy on the topics' held-out docstrings next to the base model's.
+
+`--stock`: the stock-class path of issue 13 on `AutoModelForSequenceClassification` (PEFT's SEQ_CLS recipe, LoRA on
+every attention and MLP linear, ~333k values; `hf_paramgen.research.adapter_zoo_stock`). No generator is trained on
+that zoo yet, so this path *trains* the adapter (about 20-25 s on one core), writes it in PEFT's format and reloads it
+as a user would, with transformers and peft only:
+
+    python examples/generate_minilm_adapter.py --stock --topics networking mathematics concurrency "email and mime"
 """
 from __future__ import annotations
 
@@ -26,12 +33,39 @@ from hf_paramgen.research.adapter_zoo import (
     load_zoo_base,
     text_few_shot_samples,
 )
+from hf_paramgen.research.adapter_zoo_minilm import EXTRA_TOPICS
+
+
+def stock(args) -> int:
+    """Train (until a generator exists), save and reload a stock-class adapter; print its accuracy and baselines."""
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_paramgen.adapters.adapter_io import save_adapter
+    from hf_paramgen.research.adapter_zoo_stock import NUM_LABELS, PRESETS, StockContext
+
+    cfg, ctx = PRESETS["full"], StockContext()
+    task = {"task_id": "custom", "classes": list(args.topics), "split": "custom"}
+    _, state_dict, seconds = ctx.train(task, args.seed, cfg["steps"], cfg["train_per_class"])
+    save_adapter(state_dict, ctx.lora_config, args.output_dir, instruction=", ".join(args.topics), layout=ctx.layout)
+    base = AutoModelForSequenceClassification.from_pretrained(ctx.folder, num_labels=NUM_LABELS)  # as a user would
+    model = PeftModel.from_pretrained(base, args.output_dir)
+    texts, labels = ctx.examples(task, "test", cfg["eval_per_class"])
+    baselines = ctx.baselines(task, "test", cfg["eval_per_class"])  # base_only, prototype_head (5 texts per class)
+    result = {"adapter": args.output_dir, "base_model": model.peft_config["default"].base_model_name_or_path,
+              "seconds_to_train_adapter": round(seconds, 1),
+              "test_accuracy": round(ctx.accuracy(model, texts, labels), 4),
+              **{f"{k}_test_accuracy": round(v, 4) for k, v in baselines.items()}}
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--topics", nargs=MINILM_CLASSES, required=True, metavar="TOPIC",
-                   help=f"{MINILM_CLASSES} topics in output order, from: {', '.join(STDLIB_TOPICS)}")
+                   help=f"{MINILM_CLASSES} topics in output order, from: {', '.join(STDLIB_TOPICS)} (--stock: also "
+                        f"{', '.join(EXTRA_TOPICS)})")
+    p.add_argument("--stock", action="store_true", help="the stock AutoModelForSequenceClassification path (trains)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
     p.add_argument("--generator", default="outputs/lora_bench_shared/minilm/generator")
     p.add_argument("--zoo_dir", default="outputs/adapter_zoo_shared/minilm", help="adapter zoo whose base to adapt")
     p.add_argument("--output_dir", default="outputs/my_minilm_adapter")
@@ -39,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="adapters generated, best of them kept (--num_samples: the old name)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    unknown = [t for t in args.topics if t not in STDLIB_TOPICS]
+    known = [*STDLIB_TOPICS, *EXTRA_TOPICS] if args.stock else list(STDLIB_TOPICS)
+    unknown = [t for t in args.topics if t not in known]
     if unknown:
-        p.error(f"unknown topics {unknown}; expected {MINILM_CLASSES} of {list(STDLIB_TOPICS)}")
+        p.error(f"unknown topics {unknown}; expected {MINILM_CLASSES} of {known}")
+    torch.set_num_threads(args.threads)
+    if args.stock:
+        return stock(args)
     for path, what in ((args.generator, "generator"), (args.zoo_dir, "adapter zoo")):
         if not Path(path).is_dir():
             p.error(f"no {what} at {path}; build it with the commands in examples/benchmark_lora.py")
-    torch.set_num_threads(2)
     task_text = ("Classify a Python standard-library docstring by topic: "
                  + ", ".join(f"output {k} for {t}" for k, t in enumerate(args.topics)) + ".")
     task = {"task_id": "custom", "classes": list(args.topics), "dataset": TEXT_DATASET, "num_classes": MINILM_CLASSES,

@@ -17,6 +17,7 @@ from .lora import (
     apply_adapter,
     base_model_identity,
     check_base_model,
+    check_target_modules,
     class_aligned_init,
     lora_config_dict,
     lora_layout,
@@ -27,5 +28,6 @@ from .lora import (
 
 __all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_INFO_FILE", "ADAPTER_WEIGHTS_FILE", "AdapterBaseMismatchError",
            "adapter_checkpoint", "adapter_state_dict", "apply_adapter", "base_model_identity", "check_base_model",
-           "class_aligned_init", "load_adapter", "load_adapter_info", "load_adapter_state_dict", "lora_config_dict",
-           "lora_layout", "peft_config_copy", "save_adapter", "target_modules", "targetable_modules"]
+           "check_target_modules", "class_aligned_init", "load_adapter", "load_adapter_info",
+           "load_adapter_state_dict", "lora_config_dict", "lora_layout", "peft_config_copy", "save_adapter",
+           "target_modules", "targetable_modules"]

@@ -15,10 +15,13 @@ import copy
 import enum
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from ..layout.param_layout import LayoutError, ParamLayout
@@ -37,33 +40,44 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def base_model_identity(base_model: nn.Module) -> dict:
+def base_model_identity(base_model: nn.Module, fingerprint_excludes: Sequence[str] = ()) -> dict:
     """What identifies a base model: class, name/path, parameter count, structure hash, weight fingerprint.
 
     The structure hash covers every parameter's name, shape and dtype; the fingerprint hashes the first
     64 values of each parameter (as float32), so a differently trained base with the same architecture
     is told apart. It is `None` for a model on the meta device.
+
+    `fingerprint_excludes`: names of modules whose parameters the fingerprint skips (an adapter's
+    `modules_to_save`, e.g. a freshly initialised `classifier` that the adapter replaces); recorded as
+    `fingerprint_excludes` when not empty, so `check_base_model` skips them too.
     """
     if isinstance(base_model, PeftModel):
         raise TypeError("base_model must be the plain base model, got a PeftModel; pass `peft_model.get_base_model()`.")
+    excludes = sorted(set(fingerprint_excludes))
+    skipped = lambda name: any(name.startswith(m + ".") for m in excludes)  # noqa: E731
     params = list(base_model.named_parameters())
     structure = json.dumps([(n, list(p.shape), str(p.dtype)) for n, p in params])
     fingerprint = None
     if params and not any(p.is_meta for _, p in params):
         digest = hashlib.sha256()
         for name, p in params:
+            if skipped(name):
+                continue
             digest.update(name.encode())
             digest.update(p.detach().reshape(-1)[:64].to(torch.float32).cpu().numpy().tobytes())
         fingerprint = digest.hexdigest()
     config = getattr(base_model, "config", None)
     name_or_path = getattr(config, "_name_or_path", None) or getattr(base_model, "name_or_path", None)
-    return {
+    identity = {
         "class": f"{type(base_model).__module__}.{type(base_model).__qualname__}",
         "name_or_path": str(name_or_path) if name_or_path else None,
         "num_params": sum(p.numel() for _, p in params),
         "structure_sha256": _sha256(structure),
         "weights_fingerprint": fingerprint,
     }
+    if excludes:
+        identity["fingerprint_excludes"] = excludes
+    return identity
 
 
 def check_base_model(base_model: nn.Module, expected: dict | ParamLayout, source: str = "adapter") -> None:
@@ -78,7 +92,7 @@ def check_base_model(base_model: nn.Module, expected: dict | ParamLayout, source
         expected = expected.metadata.get("base") or {}
     if not expected:
         raise AdapterBaseMismatchError(f"{source}: no base-model identity recorded; cannot check the base model.")
-    received = base_model_identity(base_model)
+    received = base_model_identity(base_model, expected.get("fingerprint_excludes") or ())
     keys = ["class", "num_params", "structure_sha256"]
     if expected.get("weights_fingerprint") and received["weights_fingerprint"]:
         keys.append("weights_fingerprint")
@@ -122,6 +136,36 @@ def peft_config_copy(lora_config: LoraConfig) -> LoraConfig:
     return config
 
 
+
+
+def _target_matches(target: str, name: str) -> bool:
+    """PEFT's rule for one entry of a `target_modules` list: the module name or its dotted suffix."""
+    return name == target or name.endswith("." + target)
+
+
+def check_target_modules(base_model: nn.Module, lora_config: LoraConfig) -> None:
+    """Raise `ValueError` unless every entry of `target_modules` and `modules_to_save` names a module of
+    `base_model` (PEFT itself only fails when *no* entry matches, so a misspelt one would silently adapt less).
+
+    The message names the entries that match nothing and the module name suffixes that exist.
+    """
+    names = [n for n, _ in base_model.named_modules() if n]
+    targetable = targetable_modules(base_model)
+    targets = lora_config.target_modules
+    if isinstance(targets, str):
+        missing_targets = [] if any(re.fullmatch(targets, n) for n in targetable) else [targets]
+    else:
+        missing_targets = sorted(t for t in targets or [] if not any(_target_matches(t, n) for n in targetable))
+    missing_saved = sorted(m for m in lora_config.modules_to_save or [] if not any(_target_matches(m, n)
+                                                                                 for n in names))
+    if missing_targets or missing_saved:
+        suffixes = sorted({".".join(n.split(".")[-2:]) for n in targetable})  # e.g. "self.query", "output.dense"
+        raise ValueError(
+            f"LoraConfig names modules {type(base_model).__name__} does not have: target_modules "
+            f"{missing_targets or 'all found'}, modules_to_save {missing_saved or 'all found'}. Expected names "
+            f"(or dotted suffixes) of its modules; LoRA can target {len(targetable)} modules, e.g. {targetable[:8]} "
+            f"(suffixes: {suffixes[:40]}); top-level modules: {sorted({n.split('.')[0] for n in names})}."
+        )
 
 
 def _wrap(base_model: nn.Module, lora_config: LoraConfig) -> PeftModel:
@@ -179,7 +223,9 @@ def lora_layout(base_model: nn.Module, lora_config: LoraConfig) -> ParamLayout:
     Built by peft on a meta-device copy (the base is neither changed nor copied in memory). Names are
     the keys of PEFT's `adapter_model.safetensors`; kinds are "lora_A" / "lora_B" (others by rank).
     `metadata` holds `base` (see `base_model_identity`), `lora_config` (dict), `peft_type` and `head`
-    (the adapter tensors whose rows are the base's output units, see `_head_tensor_names`).
+    (the adapter tensors whose rows are the base's output units, see `_head_tensor_names`). Modules in
+    `modules_to_save` (whole copies the adapter saves, such as a classifier) are left out of the base's weight
+    fingerprint: their base values never reach the adapted model.
     """
     if not isinstance(lora_config, LoraConfig):
         raise TypeError(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}.")
@@ -187,13 +233,22 @@ def lora_layout(base_model: nn.Module, lora_config: LoraConfig) -> ParamLayout:
     state_dict = get_peft_model_state_dict(peft_model)
     kinds = _adapter_kinds(peft_model)
     layout = ParamLayout.from_state_dict(state_dict, kinds=kinds)
+    saved_modules = _modules_to_save(peft_model)
     metadata = {
         "peft_type": "LORA",
-        "base": base_model_identity(base_model),
+        "base": base_model_identity(base_model, saved_modules),
         "lora_config": lora_config_dict(lora_config),
         "head": _head_tensor_names(base_model, layout),
     }
     return ParamLayout(layout.specs, metadata)
+
+
+def _modules_to_save(peft_model: PeftModel) -> list[str]:
+    """Base-model names of the modules PEFT saves whole (`modules_to_save`; for `task_type="SEQ_CLS"` peft adds
+    `classifier`/`score` itself)."""
+    prefix = "base_model.model."
+    return sorted(n[len(prefix):] if n.startswith(prefix) else n
+                  for n, m in peft_model.named_modules() if isinstance(m, ModulesToSaveWrapper))
 
 
 def _head_tensor_names(base_model: nn.Module, layout: ParamLayout) -> list[str]:
@@ -209,6 +264,9 @@ def _head_tensor_names(base_model: nn.Module, layout: ParamLayout) -> list[str]:
     if not linears:
         return []
     match = lambda suffix: [n for n in layout.names if n == suffix or n.endswith("." + suffix)]  # noqa: E731
+    saved = match(f"{linears[-1]}.weight")  # the last Linear in `modules_to_save`: its weight and bias, whole
+    if len(saved) == 1:
+        return saved + match(f"{linears[-1]}.bias")
     heads = match(f"{linears[-1]}.lora_B.weight")
     if len(heads) == 1:
         shape = tuple(layout.specs[layout.names.index(heads[0])].shape)  # (out, r)

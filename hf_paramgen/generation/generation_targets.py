@@ -150,13 +150,14 @@ def resolve_target(target: Any, known_layouts: dict | None = None) -> tuple[Para
     if isinstance(target, ParamLayout):
         return target, None
     if isinstance(target, (tuple, list)) and len(target) == 2 and type(target[1]).__name__ == "LoraConfig":
-        from ..adapters.lora import lora_layout
+        from ..adapters.lora import check_target_modules, lora_layout
 
         base, lora_config = target
         if not isinstance(base, nn.Module):
             raise TypeError(f"A LoRA target is (base_model: nn.Module, LoraConfig), "
                             f"got ({type(base).__name__}, ...).")
         try:
+            check_target_modules(base, lora_config)  # a partly misspelt target list is refused, not half applied
             layout = lora_layout(base, lora_config)
         except ValueError as err:
             raise LayoutError(f"LoraConfig target_modules={lora_config.target_modules!r} do not fit the base "

@@ -8,6 +8,7 @@ the manifest live in `hf_paramgen.research.adapter_zoo`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import inspect
@@ -81,6 +82,36 @@ def stdlib_docstring_corpus() -> dict[str, list[str]]:
         texts = set().union(*(_module_texts(m) for m in modules)) - seen
         seen |= texts
         corpus[topic] = sorted(texts)
+    return corpus
+
+
+# more topics for the stock-class zoo (`adapter_zoo_stock`); `STDLIB_TOPICS` and its texts stay as they are
+EXTRA_TOPICS: dict[str, list[str]] = {
+    "importing and packaging": ["importlib", "importlib.util", "importlib.machinery", "importlib.metadata",
+                                "importlib.resources", "pkgutil", "runpy", "zipimport", "site", "sysconfig"],
+    "operating system services": ["signal", "select", "selectors", "mmap", "resource", "fcntl", "termios", "pty",
+                                  "pwd", "grp", "errno", "platform"],
+    "language internals": ["ast", "tokenize", "symtable", "gc", "keyword", "token", "code", "codeop", "compileall",
+                           "py_compile", "builtins", "sys", "weakref", "abc", "contextlib"],
+    "email and mime": ["email", "email.utils", "email.parser", "email.generator", "email.headerregistry",
+                       "email.policy", "email.mime.text", "mailbox", "mimetypes", "quopri", "email.charset",
+                       "email.header"],
+    "command line and terminal": ["argparse", "getopt", "shlex", "cmd", "getpass", "readline", "rlcompleter",
+                                  "optparse", "fileinput"],
+}
+
+def extended_docstring_corpus() -> dict[str, list[str]]:
+    """Topic -> sorted texts of 15 topics: `stdlib_docstring_corpus()`, then `EXTRA_TOPICS` (deduplicated, earlier
+    topics first; the texts of the stock-class adapter zoo)."""
+    corpus = stdlib_docstring_corpus()
+    seen = set().union(*map(set, corpus.values()))
+    for topic, modules in EXTRA_TOPICS.items():
+        texts = set()
+        for module in modules:
+            with contextlib.suppress(ImportError):  # e.g. readline/termios on Windows
+                texts |= _module_texts(module)
+        corpus[topic] = sorted(texts - seen)
+        seen |= texts
     return corpus
 
 
