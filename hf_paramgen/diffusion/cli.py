@@ -18,7 +18,7 @@ from transformers import HfArgumentParser
 
 from ..jobs import clear_job_errors
 from ..training.loop import TrainingConfig
-from ..training.prior import DEFAULT_SAMPLES, load_samples_provider, work_dir
+from ..training.prior import DEFAULT_SAMPLES, load_samples_provider, loop_config
 from .schedulers import OBJECTIVES, PREDICTION_TYPES
 
 
@@ -73,12 +73,7 @@ class DiffusionScriptArguments:
                 "num_heads": self.num_heads}
 
     def training_config(self) -> TrainingConfig:
-        """The loop's settings; state goes to `<output_dir>-work/training`."""
-        return TrainingConfig(output_dir=str(work_dir(self.output_dir) / "training"), batch_size=self.batch_size,
-                              lr=self.lr, max_steps=self.max_steps, warmup_steps=self.warmup_steps,
-                              log_every=self.log_every, save_every=self.save_every, eval_every=self.eval_every,
-                              max_time_s=self.max_time_s, seed=self.seed, weight_decay=0.01,
-                              keep_best=not self.keep_last)
+        return loop_config(self)
 
 
 def cli_train_diffusion(argv: list[str]) -> int:

@@ -41,6 +41,20 @@ def _stage(name: str, done: bool) -> bool:
     return not done
 
 
+def stage_timer(stage_file: Path):
+    """`timed(name, fn, *args, **kwargs)`: run one benchmark stage and record its wall time under `name` in
+    `stage_file` (kept across resumed runs; written atomically); returns what `fn` returns."""
+
+    def timed(name, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        stages = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
+        atomic_write_json(stage_file, {**stages, name: round(time.perf_counter() - start, 1)})
+        return result
+
+    return timed
+
+
 def zoo_architectures(zoo_dir: str | Path) -> tuple[list[str], list[str]]:
     """(training architectures, held-out architectures) of a built zoo, from its manifest."""
     from .zoo import load_manifest
@@ -72,13 +86,7 @@ def run_benchmark(output_dir: str | Path = DEFAULT_OUTPUT_DIR, json_path: str | 
     json_path = Path(json_path) if json_path else out / "results.json"
     zoo_dir, corpus_dir, tok_dir, gen_dir = out / "zoo", out / "corpus", out / "param_tokenizer", out / "generator"
     stage_file = out / "stage_seconds.json"  # each finished stage's wall time, kept across resumed runs
-
-    def timed(name, fn, *args, **kwargs):
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        stages = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
-        atomic_write_json(stage_file, {**stages, name: round(time.perf_counter() - start, 1)})
-        return result
+    timed = stage_timer(stage_file)
 
     if _stage(f"zoo ({cfg['preset']})", (zoo_dir / "manifest.json").exists()):
         timed("zoo", build_zoo, zoo_dir, preset=cfg["preset"], num_workers=num_workers)

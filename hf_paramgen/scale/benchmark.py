@@ -19,6 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..research.benchmark import _stage, stage_timer
 from ..utils import atomic_write_json
 
 DEFAULT_OUTPUT_DIR = "outputs/scale"
@@ -33,11 +34,6 @@ TARGETS = {"largest_generated_params": (">=", 10_000_000), "codes_per_param": ("
            "heldout_mean_accuracy_drop_pp": ("<=", 1.0), "heldout_worst_accuracy_drop_pp": ("<=", 3.0),
            "seconds_per_network": ("<=", 60.0), "params_per_second": (">=", 170_000),
            "compute_floor_ratio": (">=", 0.3), "peak_rss_mb": ("<=", 4096)}
-
-
-def _stage(name: str, done: bool) -> bool:
-    print(f"\n=== {name}: {'reusing finished output' if done else 'running'} ===", flush=True)
-    return not done
 
 
 def _one_network_child(queue, *args):
@@ -66,13 +62,7 @@ def run_scale_benchmark(output_dir: str | Path = DEFAULT_OUTPUT_DIR, json_path: 
     zoo, codec_dir, coef_dir = out / "zoo", out / "delta_codec", out / "coefficients"
     corpus_dir, tok_dir, gen_dir = out / "corpus", out / "param_tokenizer", out / "generator"
     stage_file = out / "stage_seconds.json"
-
-    def timed(name, fn, *args, **kwargs):
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        stages = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
-        atomic_write_json(stage_file, {**stages, name: round(time.perf_counter() - start, 1)})
-        return result
+    timed = stage_timer(stage_file)
 
     if _stage(f"fine-tune zoo ({cfg['preset']})", (zoo / "manifest.json").exists()):
         timed("zoo", build_finetune_zoo, zoo, cfg["preset"], num_workers)

@@ -134,6 +134,11 @@ class DeltaCodec:
 
     # ------------------------------------------------------------------ code
     @property
+    def bias_of(self) -> dict[str, str]:
+        """Body weight name -> the name of its bias (weights without one are absent)."""
+        return {w: b for b, w in self.config["biases"].items()}
+
+    @property
     def num_layers(self) -> int:
         return len(self.config["matrices"])
 
@@ -164,7 +169,7 @@ class DeltaCodec:
         out = {}
         for i, m in enumerate(self.config["matrices"]):
             out[f"body{i}.weight"] = P[m].T @ (state[m].float() - self.reference[m]) @ Q[m]
-            bias = next((b for b, w in self.config["biases"].items() if w == m), None)
+            bias = self.bias_of.get(m)
             out[f"body{i}.bias"] = (P[m].T @ (state[bias].float() - self.reference[bias]) if bias
                                     else torch.zeros(self.config["rank"]))
         w, b = self.config["head"]
@@ -181,7 +186,7 @@ class DeltaCodec:
         for i, m in enumerate(self.config["matrices"]):
             P, Q = self.tensors[f"P.{m}"], self.tensors[f"Q.{m}"]
             state[m] = state[m] + P @ coefs[f"body{i}.weight"] @ Q.T
-            bias = next((b for b, w in self.config["biases"].items() if w == m), None)
+            bias = self.bias_of.get(m)
             if bias:
                 state[bias] = state[bias] + P @ coefs[f"body{i}.bias"]
         w, b = self.config["head"]

@@ -87,12 +87,12 @@ def evaluate_splits(generator, zoo_dir: str | Path, num_tasks: int, k: int, seed
     from .coefficient_zoo import finetune_entries
 
     train_entries = finetune_entries(zoo_dir, "train")
-    train_emb = _text_embeddings(generator, [_instruction(zoo_dir, e) for e in train_entries])
+    train_emb = _text_embeddings(generator, [_card(zoo_dir, e)["instruction"] for e in train_entries])
     out = {}
     for split in SPLITS:
         rows = []
         for i, entry in enumerate(finetune_entries(zoo_dir, split)[:num_tasks]):
-            state, _, card = load_finetune(Path(zoo_dir) / entry["path"])
+            card = _card(zoo_dir, entry)  # the card only: the fine-tune's weights are not needed here
             task = task_of(card)
             samples, validation = samples_of(task), load_task_split(task, "validation")
             start = time.perf_counter()
@@ -116,10 +116,11 @@ def evaluate_splits(generator, zoo_dir: str | Path, num_tasks: int, k: int, seed
     return out
 
 
-def _instruction(zoo_dir, entry) -> str:
+def _card(zoo_dir, entry) -> dict:
+    """A fine-tune's card metadata (task, instruction, accuracies)."""
     from huggingface_hub import ModelCard
 
-    return ModelCard.load(Path(zoo_dir) / entry["path"] / "README.md").data.to_dict()["instruction"]
+    return ModelCard.load(Path(zoo_dir) / entry["path"] / "README.md").data.to_dict()
 
 
 def one_network(generator_dir: str, zoo_dir: str, save_dir: str, codes_per_step: int = 1) -> dict:

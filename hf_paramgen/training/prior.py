@@ -370,12 +370,16 @@ class PriorScriptArguments:
                                 "num_key_value_heads": self.num_heads}}
 
     def training_config(self) -> TrainingConfig:
-        """The loop's settings; state goes to `<output_dir>-work/training`."""
-        return TrainingConfig(output_dir=str(work_dir(self.output_dir) / "training"), batch_size=self.batch_size,
-                              lr=self.lr, max_steps=self.max_steps, warmup_steps=self.warmup_steps,
-                              log_every=self.log_every, save_every=self.save_every, eval_every=self.eval_every,
-                              max_time_s=self.max_time_s, seed=self.seed, weight_decay=0.01,
-                              keep_best=not self.keep_last)
+        return loop_config(self)
+
+
+def loop_config(args) -> TrainingConfig:
+    """The training loop's settings from a script's arguments (`train-prior`, `train-diffusion`: the same fields);
+    state goes to `<output_dir>-work/training`."""
+    return TrainingConfig(output_dir=str(work_dir(args.output_dir) / "training"), batch_size=args.batch_size,
+                          lr=args.lr, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
+                          log_every=args.log_every, save_every=args.save_every, eval_every=args.eval_every,
+                          max_time_s=args.max_time_s, seed=args.seed, weight_decay=0.01, keep_best=not args.keep_last)
 
 
 def cli_train_prior(argv: list[str]) -> int:
