@@ -190,6 +190,8 @@ class ParamGenerator:
             config.param_tokenizer_sha256 = file_sha256(tmp / sub / WEIGHTS_NAME)
             config.sample_encoders = sorted(self.sample_encoders)
             config.custom_pipelines = custom_pipelines()
+            if hasattr(self, "_extra_files"):  # a subclass's own components (a LoRA codec)
+                self._extra_files(tmp)
             self.prior.save_pretrained(tmp)  # + auto_map and the models' remote code
             write_remote_code(tmp, [PIPELINE_FILE])
             replace_dir(tmp, save_directory)
@@ -242,8 +244,15 @@ class ParamGenerator:
             if sample_encoders is None:
                 sample_encoders = load_sample_encoders(source, prior.config)
         text_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("token", token)) if v is not None}
-        return cls(prior, param_tokenizer, None, sample_encoders, text_encoder=text_encoder,
-                   text_encoder_kwargs=text_kwargs, max_memory_bytes=max_memory_bytes)
+        generator = cls(prior, param_tokenizer, None, sample_encoders, text_encoder=text_encoder,
+                        text_encoder_kwargs=text_kwargs, max_memory_bytes=max_memory_bytes)
+        if getattr(prior.config, "lora_codec_subfolder", None):  # coefficients of full LoRA adapters
+            from .lora_codec_generator import attach_codec
+
+            generator = attach_codec(generator, GeneratorSource(name_or_path or getattr(prior, "name_or_path", None),
+                                                                subfolder, revision, cache_dir, token,
+                                                                local_files_only))
+        return generator
 
     # -------------------------------------------------------------- checks
     def check_layout(self, layout: ParamLayout) -> None:

@@ -38,9 +38,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..layout.bases import top_left_singular as _top_left
+from ..layout.bases import weights_digest
 from ..layout.param_layout import ParamLayout
 from ..utils import replace_dir, temporary_sibling
-from .finetune_zoo import head_input_features, prototype_head, weights_digest
+from .finetune_zoo import head_input_features, prototype_head
 
 CONFIG_NAME, WEIGHTS_NAME = "delta_codec.json", "delta_codec.safetensors"
 
@@ -254,19 +256,6 @@ class DeltaCodec:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _top_left(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    """The top-`rank` left singular vectors of `matrix` (rows x cols), (rows, rank); fewer columns are padded with
-    orthonormal complements so the basis always has `rank` columns."""
-    rank = min(rank, matrix.shape[0])
-    U, _, _ = torch.linalg.svd(matrix.double(), full_matrices=False)
-    U = U[:, :rank]
-    if U.shape[1] < rank:
-        extra = torch.linalg.qr(torch.cat([U, torch.randn(matrix.shape[0], rank, dtype=U.dtype,
-                                                           generator=torch.Generator().manual_seed(0))], 1))[0]
-        U = extra[:, :rank]
-    return U.float().contiguous()
-
-
 def _reference_model(reference: dict[str, torch.Tensor], model_config: dict, heads: list[str]) -> nn.Module:
     from ..research.architectures import ZooNet
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import load_file, save_file
 
+from ..layout.bases import weights_digest  # noqa: F401  (re-exported: the codec digests its reference)
 from ..layout.param_layout import ParamLayout
 from ..research.architectures import ZooNet
 from ..research.tasks import Task, few_shot_samples, load_task_split, task_from_dict
@@ -196,15 +197,6 @@ def load_base_state(base_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
     model = ZooNet.from_pretrained(base_dir)
     config = json.loads((Path(base_dir) / "config.json").read_text())
     return {k: v.detach() for k, v in model.state_dict().items()}, config
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the tensors' names and float32 bytes: names the exact reference a delta is taken from."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- fine-tunes
