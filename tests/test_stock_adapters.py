@@ -4,14 +4,11 @@ classification recipe, loading in a process without hf_paramgen, the stock adapt
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
+from peft_isolated import peft_logits_without_hf_paramgen
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from hf_paramgen.adapters.adapter_io import load_adapter
@@ -122,37 +119,7 @@ def test_adapter_loads_with_peft_in_a_process_that_never_imports_hf_paramgen(tin
     batch = AutoTokenizer.from_pretrained(offline_base_folder())(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = model.eval()(**batch).logits
-    code = textwrap.dedent(f"""
-        import importlib.abc, json, sys
-        class Refuse(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "hf_paramgen":
-                    raise ImportError("hf_paramgen must not be imported here")
-        sys.meta_path.insert(0, Refuse())
-        import torch
-        torch.set_num_threads(1)
-        from peft import PeftModel
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        folder = {str(offline_base_folder())!r}
-        base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=4)
-        import warnings
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model = PeftModel.from_pretrained(base, {str(adapter_dir)!r}).eval()
-        keys = [str(w.message) for w in caught if "keys" in str(w.message).lower()]
-        assert not keys, keys  # peft warns of missing or unexpected adapter keys
-        batch = AutoTokenizer.from_pretrained(folder)({TEXTS!r}, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**batch).logits
-        assert "hf_paramgen" not in sys.modules
-        print(json.dumps({{"type": type(model).__name__, "logits": logits.tolist()}}))
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out_json = json.loads(result.stdout.strip().splitlines()[-1])
+    out_json = peft_logits_without_hf_paramgen(offline_base_folder(), adapter_dir, TEXTS, tmp_path)
     assert out_json["type"] == "PeftModelForSequenceClassification"
     torch.testing.assert_close(torch.tensor(out_json["logits"]), expected, rtol=0, atol=1e-5)
     with torch.no_grad():  # the adapter changes the function (not only the classifier)

@@ -326,7 +326,10 @@ def apply_adapter(
         peft_model = get_peft_model(base_model, peft_config_copy(lora_config), adapter_name=adapter_name,
                                     low_cpu_mem_usage=True)
     peft_model.peft_config[adapter_name].base_model_name_or_path = lora_config.base_model_name_or_path
-    result = set_peft_model_state_dict(peft_model, state_dict, adapter_name=adapter_name, low_cpu_mem_usage=True)
+    # low_cpu_mem_usage assigns the given tensors as the parameters: copies, so the caller's tensors never alias them
+    # (a later `set_peft_model_state_dict` on the model would otherwise overwrite the caller's dict in place)
+    owned = {k: v.detach().clone() for k, v in state_dict.items()}
+    result = set_peft_model_state_dict(peft_model, owned, adapter_name=adapter_name, low_cpu_mem_usage=True)
     missing = [k for k in result.missing_keys if "lora_" in k and adapter_name in k]
     if missing or result.unexpected_keys:
         raise LayoutError(
