@@ -23,6 +23,16 @@ If the generator cannot be built, the baselines are still reported with ``genera
         --zoo_root outputs/adapter_zoo_shared --work_root outputs/lora_bench_shared --train_seconds 300 \
         --prior_seconds 1800 --k 4 --num_eval_tasks 60
     python examples/benchmark_lora.py --json /tmp/small.json --small   # tiny zoo, baselines only (tests)
+
+Base "minilm-seqcls" (the stock class: `AutoModelForSequenceClassification` of all-MiniLM-L6-v2 with PEFT's SEQ_CLS
+LoRA on every attention and MLP linear, 333,316 values) runs `hf_paramgen.research.stock_bench`: it builds or reuses
+its zoo (`--stock_zoo`, default outputs/stock_zoo), LoRA codec, coefficient corpus, ParamTokenizer and prior
+(`--stock_work`, default outputs/stock_bench), then reports `generated`, `generated_head_only`, `base_only`,
+`trained_adapter`, `retrieval`, `permuted_retrieval`, `prototype_head`, `mean_adapter`, `seconds_per_adapter`,
+`seconds_to_train_adapter`, `adapter_values`, `num_tasks` for held-out tasks, and the same under `heldout_topics`.
+With no argument but `--json`, every base runs (a base whose zoo is missing and is not built here is skipped).
+
+    python examples/benchmark_lora.py --json outputs/stock_bench/benchmark_lora.json --base minilm-seqcls
 """
 from __future__ import annotations
 
@@ -42,7 +52,8 @@ from hf_paramgen.conditioning import make_text_encoder
 from hf_paramgen.research.adapter_zoo import PRESETS, adapter_zoo_context, build_adapter_zoo
 from hf_paramgen.utils import atomic_write_json
 
-BASES = ("mnist-mlp", "minilm")
+BASES = ("mnist-mlp", "minilm", "minilm-seqcls")
+STOCK_BASE = "minilm-seqcls"  # the stock-class base: its own stages (`hf_paramgen.research.stock_bench`)
 KEYS = ("generated", "base_only", "trained_adapter", "retrieval", "seconds_per_adapter", "seconds_to_train_adapter")
 
 
@@ -213,6 +224,9 @@ def print_table(results: dict) -> None:
     print("|---" * (len(cols) + 1) + "|")
     for base, row in results.items():
         print(f"| {base} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
+        if row.get("heldout_topics"):
+            print(f"| {base} heldout_topics | " + " | ".join(fmt(row["heldout_topics"].get(c, row.get(c)))
+                                                         for c in cols) + " |")
     for base, row in results.items():
         for n, group in (row.get("by_unseen_classes") or {}).items():
             print(f"{base}, tasks with {n} unseen class(es) ({group['num_tasks']} tasks): generated "
@@ -232,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="tiny mnist-mlp zoo under work_root, baselines only")
     p.add_argument("--num_eval_tasks", type=int, default=None,
                    help="evaluate the first N held-out tasks (default: all)")
+    p.add_argument("--stock_zoo", default="outputs/stock_zoo", help="the minilm-seqcls adapter zoo (built if missing)")
+    p.add_argument("--stock_work", default="outputs/stock_bench", help="minilm-seqcls codec, corpus and generator")
+    p.add_argument("--stock_small", action="store_true", help="minilm-seqcls on a tiny zoo (tests)")
     p.add_argument("--generator_bases", nargs="*", default=list(BASES),
                    help="bases to train/run a generator for (others: baselines only, generated=null with the reason)")
     args = p.parse_args(argv)
@@ -239,6 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     bases = ["mnist-mlp"] if args.small else args.base
     for base in bases:
+        if base == STOCK_BASE:
+            from hf_paramgen.research.stock_bench import SMALL, print_stock_table, run_stock_benchmark
+
+            settings = {**SMALL, "k": args.k} if args.stock_small else {"k": args.k, "num_tasks": args.num_eval_tasks}
+            results[base] = run_stock_benchmark(args.stock_zoo, args.stock_work, settings)
+            _write_results(Path(args.json), results)
+            print_stock_table(results[base])
+            continue
         work = Path(args.work_root) / (f"{base}-small" if args.small else base)
         zoo_dir = Path(args.zoo_root) / base
         skip = None if base in args.generator_bases else f"generator not attempted for {base} (--generator_bases)"

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
+from peft_isolated import peft_logits_without_hf_paramgen
 from transformers import pipeline
 
 import hf_paramgen  # noqa: F401  (registers the task)
@@ -18,9 +19,8 @@ from hf_paramgen.generation.generation_targets import GenerationError
 from hf_paramgen.generation.generator import ParamGenerator
 from hf_paramgen.generation.lora_codec_generator import LoraCodecGenerator
 from hf_paramgen.research.adapter_zoo_stock import load_stock_base, offline_base_folder, stock_lora_config
-from hf_paramgen.research.stock_bench import SMALL, print_stock_table, run_stock_benchmark
+from hf_paramgen.research.stock_bench import print_stock_table
 from hf_paramgen.research.stock_codec import AdapterRunner, adapter_entries, fit_stock_codec, task_of
-from peft_isolated import peft_logits_without_hf_paramgen
 
 TEXTS = ["Return the square root of x.", "Open a socket connection to host and port.",
          "Parse a CSV row into fields.", "Start a new thread running target."]
@@ -28,11 +28,20 @@ TEXTS = ["Return the square root of x.", "Open a socket connection to host and p
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """A tiny stock zoo, its codec, coefficients, corpus, ParamTokenizer, prior and the benchmark's results."""
-    torch.set_num_threads(1)
+    """`benchmark_lora.py --base minilm-seqcls --stock_small`: a tiny stock zoo, its codec, coefficients, corpus,
+    ParamTokenizer, prior and the benchmark's results."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "benchmark_lora.py"
+    spec = importlib.util.spec_from_file_location("benchmark_lora", script)
+    bench_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_script)
     root = tmp_path_factory.mktemp("stockgen")
-    results = run_stock_benchmark(root / "zoo", root / "work", SMALL)
-    return root, results
+    out = root / "results.json"
+    assert bench_script.main(["--json", str(out), "--base", "minilm-seqcls", "--stock_small", "--k", "2",
+                              "--stock_zoo", str(root / "zoo"), "--stock_work", str(root / "work")]) == 0
+    return root, json.loads(out.read_text())["minilm-seqcls"]
 
 
 def few_shot_texts(root):
