@@ -7,10 +7,10 @@ Needs the MiniLM adapter zoo (its base) and a generator trained on it (see `benc
 
 Prints the adapter's test accuracy on the topics' held-out docstrings next to the base model's.
 
-`--stock`: the stock-class path of issue 13 on `AutoModelForSequenceClassification` (PEFT's SEQ_CLS recipe, LoRA on
-every attention and MLP linear, ~333k values; `hf_paramgen.research.adapter_zoo_stock`). No generator is trained on
-that zoo yet, so this path *trains* the adapter (about 20-25 s on one core), writes it in PEFT's format and reloads it
-as a user would, with transformers and peft only:
+`--stock`: the stock-class path on `AutoModelForSequenceClassification` (PEFT's SEQ_CLS recipe, LoRA on every
+attention and MLP linear plus the classifier: 333,316 values). The generator of `benchmark_lora.py --base
+minilm-seqcls` writes the whole adapter from the task text and 5 docstrings per topic; it is saved in PEFT's format
+and reloaded with transformers and peft alone:
 
     python examples/generate_minilm_adapter.py --stock --topics networking mathematics concurrency "email and mime"
 """
@@ -37,22 +37,47 @@ from hf_paramgen.research.adapter_zoo_minilm import EXTRA_TOPICS
 
 
 def stock(args) -> int:
-    """Train (until a generator exists), save and reload a stock-class adapter; print its accuracy and baselines."""
+    """Generate a stock-class adapter (pipeline, `(base, LoraConfig)` target, output="peft"), save it in PEFT's format,
+    reload it as a user would and print its accuracy beside the few-shot prototype baseline."""
+    import time
+
     from transformers import AutoModelForSequenceClassification
 
-    from hf_paramgen.adapters.adapter_io import save_adapter
-    from hf_paramgen.research.adapter_zoo_stock import NUM_LABELS, PRESETS, StockContext
+    from hf_paramgen.research.adapter_zoo_stock import (
+        NUM_LABELS,
+        TEXT_DATASET,
+        TEXTS_FILE,
+        StockContext,
+        instruction_for,
+        load_stock_base,
+        stock_lora_config,
+    )
 
-    cfg, ctx = PRESETS["full"], StockContext()
-    task = {"task_id": "custom", "classes": list(args.topics), "split": "custom"}
-    _, state_dict, seconds = ctx.train(task, args.seed, cfg["steps"], cfg["train_per_class"])
-    save_adapter(state_dict, ctx.lora_config, args.output_dir, instruction=", ".join(args.topics), layout=ctx.layout)
+    if not (Path(args.stock_generator) / "lora_codec").is_dir():
+        raise SystemExit(f"no stock-class generator at {args.stock_generator}; build it with "
+                         "`python examples/benchmark_lora.py --json outputs/stock_bench/benchmark_lora.json "
+                         "--base minilm-seqcls`")
+    pools = json.loads((Path(args.stock_zoo) / TEXTS_FILE).read_text())  # the zoo's frozen docstring pools
+    ctx = StockContext(pools=pools)
+    task = {"task_id": "custom", "classes": list(args.topics), "dataset": TEXT_DATASET,
+            "instruction": instruction_for(list(args.topics))}
+    samples = ctx.examples(task, "train", 5)  # 5 labelled docstrings per topic
+    validation = ctx.examples(task, "validation", 25)  # picks the best of --num_candidates
+    start = time.perf_counter()
+    generate = pipeline("parameter-generation", model=args.stock_generator)
+    out = generate({"target": (load_stock_base(NUM_LABELS), stock_lora_config()), "task_text": task["instruction"],
+                    "samples": samples, "validation": validation}, num_candidates=args.num_candidates,
+                   seed=args.seed, output="peft")
+    out["model"].save_pretrained(args.output_dir)  # PEFT's own format, base_model_name_or_path = the Hub id
+    seconds = time.perf_counter() - start
     base = AutoModelForSequenceClassification.from_pretrained(ctx.folder, num_labels=NUM_LABELS)  # as a user would
     model = PeftModel.from_pretrained(base, args.output_dir)
-    texts, labels = ctx.examples(task, "test", cfg["eval_per_class"])
-    baselines = ctx.baselines(task, "test", cfg["eval_per_class"])  # base_only, prototype_head (5 texts per class)
-    result = {"adapter": args.output_dir, "base_model": model.peft_config["default"].base_model_name_or_path,
-              "seconds_to_train_adapter": round(seconds, 1),
+    texts, labels = ctx.examples(task, "test", 25)
+    baselines = ctx.baselines(task, "test", 25)  # base_only, prototype_head (the same 5 texts per class)
+    result = {"task_text": task["instruction"], "adapter": args.output_dir,
+              "base_model": model.peft_config["default"].base_model_name_or_path,
+              "adapter_values": sum(v.numel() for v in out["state_dict"].values()),
+              "seconds_to_generate_and_save": round(seconds, 1), "validation_scores": out["scores"],
               "test_accuracy": round(ctx.accuracy(model, texts, labels), 4),
               **{f"{k}_test_accuracy": round(v, 4) for k, v in baselines.items()}}
     print(json.dumps(result, indent=2))
@@ -64,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topics", nargs=MINILM_CLASSES, required=True, metavar="TOPIC",
                    help=f"{MINILM_CLASSES} topics in output order, from: {', '.join(STDLIB_TOPICS)} (--stock: also "
                         f"{', '.join(EXTRA_TOPICS)})")
-    p.add_argument("--stock", action="store_true", help="the stock AutoModelForSequenceClassification path (trains)")
+    p.add_argument("--stock", action="store_true", help="the stock AutoModelForSequenceClassification path")
+    p.add_argument("--stock_generator", default="outputs/stock_bench/generator", help="stock-class generator folder")
+    p.add_argument("--stock_zoo", default="outputs/stock_zoo", help="stock adapter zoo (its frozen text pools)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
     p.add_argument("--generator", default="outputs/lora_bench_shared/minilm/generator")
     p.add_argument("--zoo_dir", default="outputs/adapter_zoo_shared/minilm", help="adapter zoo whose base to adapt")

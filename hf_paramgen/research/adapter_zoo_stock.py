@@ -164,11 +164,16 @@ def stock_text_pools() -> dict[str, dict[str, list[str]]]:
     return _POOLS
 
 
+def instruction_for(classes: list[str]) -> str:
+    """The task text of a topic task whose label k is `classes[k]` (the zoo's wording)."""
+    return ("Classify a Python standard-library docstring by topic: "
+            + ", ".join(f"label {k} for {t}" for k, t in enumerate(classes)) + ".")
+
+
 def _task(topics: tuple[str, ...], split: str) -> dict:
     order = list(topics)
     random.Random("/".join(sorted(order))).shuffle(order)  # one output order per topic set
-    text = ("Classify a Python standard-library docstring by topic: "
-            + ", ".join(f"label {k} for {t}" for k, t in enumerate(order)) + ".")
+    text = instruction_for(order)
     ids = sorted(ALL_TOPICS.index(t) for t in order)
     return {"task_id": "set-" + "-".join(f"{i:02d}" for i in ids), "classes": order, "instruction": text,
             "dataset": TEXT_DATASET, "num_classes": len(order), "split": split}

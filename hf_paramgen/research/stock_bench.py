@@ -20,6 +20,7 @@ Each stage is skipped when its output is there (a killed run resumes).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def evaluate(gen_dir: Path, zoo: Path, codec, ctx, cfg: dict) -> dict:
                          "seconds_best_of_k": seconds, "out_of_distribution": result.out_of_distribution})
             print(f"{key} {i + 1}/{len(entries)} {task['task_id']}: generated {generated:.3f} trained "
                   f"{entry['test_accuracy']:.3f} prototype {entry['prototype_head_test_accuracy']:.3f} "
-                  f"permuted {permuted:.3f} mean {mean_adapter:.3f}", file=__import__("sys").stderr, flush=True)
+                  f"permuted {permuted:.3f} mean {mean_adapter:.3f}", file=sys.stderr, flush=True)
         summary = {c: _mean(r[c] for r in rows) for c in ("generated", "trained_adapter", "base_only",
                                                           "prototype_head", "retrieval", "permuted_retrieval",
                                                           "mean_adapter")}
