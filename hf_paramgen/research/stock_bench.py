@@ -34,7 +34,8 @@ DEFAULT_ZOO, DEFAULT_WORK = "outputs/stock_zoo", "outputs/stock_bench"
 FULL = {"preset": "full", "rank": 16, "head_rank": 32, "tok_chunk_size": 16, "tok_latents": 8,
         "tokenizer_steps": 4000, "tokenizer_seconds": 420, "codes_per_step": 8, "prior_steps": 6000,
         "prior_seconds": 1200, "context": 1024, "hidden_size": 192, "num_layers": 4, "prior_batch_size": 8,
-        "k": 4, "text_encoder": None, "tokenizer_batch_size": None, "num_tasks": None, "num_workers": 2}
+        "k": 4, "text_encoder": None, "tokenizer_batch_size": None, "num_tasks": None, "num_workers": 2,
+        "evaluate": True}
 SMALL = {**FULL, "preset": "tiny", "rank": 4, "head_rank": 4, "tokenizer_steps": 10, "tokenizer_seconds": 60,
          "prior_steps": 6, "prior_seconds": 60, "context": 256, "hidden_size": 32, "num_layers": 1,
          "prior_batch_size": 1, "k": 2, "text_encoder": "hashing:384", "tokenizer_batch_size": 8, "num_workers": 1}
@@ -80,6 +81,8 @@ def run_stock_benchmark(zoo_dir=DEFAULT_ZOO, work_dir=DEFAULT_WORK, settings: di
         timed("param_tokenizer", cli_train_tokenizer, argv)
     if _stage("prior", (gen_dir / "lora_codec" / "lora_codec.json").exists()):
         timed("prior", train_stock_prior, zoo, corpus_dir, tok_dir, gen_dir, codec, ctx, cfg)
+    if not cfg["evaluate"]:  # the stages only (e.g. while held-out adapters are still being trained)
+        return {"generator_dir": str(gen_dir)}
     results = timed("evaluation", evaluate, gen_dir, zoo, codec, ctx, cfg)
     results.update(stage_seconds=json.loads((work / "stage_seconds.json").read_text()), benchmark_settings=cfg,
                    zoo_dir=str(zoo), generator_dir=str(gen_dir))
@@ -199,6 +202,10 @@ def evaluate(gen_dir: Path, zoo: Path, codec, ctx, cfg: dict) -> dict:
                        rows=rows, ci95=_ci([r["generated"] for r in rows]))
         out[key] = summary
     out["seconds_per_adapter"] = _mean(one_seconds)
+    from .stock_codec import codec_fidelity
+
+    fidelity = codec_fidelity(codec, zoo, ("heldout_task", "heldout_topic"), cfg["num_tasks"], ctx=ctx)
+    out.update({k: round(v, 3) if isinstance(v, float) else v for k, v in fidelity.items()})
     for c in ("generated", "trained_adapter", "base_only", "prototype_head", "retrieval", "permuted_retrieval",
               "mean_adapter", "num_tasks"):
         out[c] = out["heldout_tasks"][c]  # the base's top-level row is its held-out tasks
@@ -249,7 +256,9 @@ def print_stock_table(out: dict) -> None:
         print(f"| {key} | " + " | ".join(fmt(out[key].get(c)) for c in cols) + " |")
     print(f"\nadapter_values {out['adapter_values']:,}; coefficients {out['coefficients_per_adapter']:,}; "
           f"seconds_per_adapter {fmt(out['seconds_per_adapter'])}; seconds_to_train_adapter "
-          f"{fmt(out['seconds_to_train_adapter'])}; generated_head_only: {out['generated_head_only_note']}")
+          f"{fmt(out['seconds_to_train_adapter'])}; codec alone on held-out adapters: mean / worst drop "
+          f"{fmt(out.get('codec_mean_accuracy_drop_pp'))} / {fmt(out.get('codec_worst_accuracy_drop_pp'))} pp; "
+          f"generated_head_only: {out['generated_head_only_note']}")
     print("\n| target | value | met |\n|---|---|---|")
     for t in out["targets"]:
         print(f"| {t['target']} | {fmt(t['value'])} | {t['met']} |")
