@@ -103,3 +103,20 @@ def run_python():
                               timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def stock_tiny_zoo(tmp_path_factory):
+    """`(folder, manifest)` of a tiny stock-class adapter zoo (3 adapters of 3 steps), shared by the stock tests."""
+    import torch
+
+    from hf_paramgen.research.adapter_zoo_stock import build_stock_adapter_zoo
+    from hf_paramgen.research.sharding import JobShard
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("stock") / "zoo"
+        return out, build_stock_adapter_zoo(out, "tiny", shard=JobShard())
+    finally:
+        torch.set_num_threads(threads)

@@ -41,9 +41,8 @@ def stock_base():
 
 
 @pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stock") / "zoo"
-    return out, build_stock_adapter_zoo(out, "tiny", shard=JobShard())
+def tiny_zoo(stock_tiny_zoo):
+    return stock_tiny_zoo  # conftest: shared with tests/test_stock_generator.py
 
 
 def test_stock_recipe_adapts_every_attention_and_mlp_linear_of_the_six_layers(stock_base):

@@ -27,7 +27,7 @@ TEXTS = ["Return the square root of x.", "Open a socket connection to host and p
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tmp_path_factory, stock_tiny_zoo):
     """`benchmark_lora.py --base minilm-seqcls --stock_small`: a tiny stock zoo, its codec, coefficients, corpus,
     ParamTokenizer, prior and the benchmark's results."""
     import importlib.util
@@ -40,7 +40,8 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("stockgen")
     out = root / "results.json"
     assert bench_script.main(["--json", str(out), "--base", "minilm-seqcls", "--stock_small", "--k", "2",
-                              "--stock_zoo", str(root / "zoo"), "--stock_work", str(root / "work")]) == 0
+                              "--stock_zoo", str(stock_tiny_zoo[0]), "--stock_work", str(root / "work")]) == 0
+    (root / "zoo").symlink_to(stock_tiny_zoo[0])  # the tests below read the zoo at root / "zoo"
     return root, json.loads(out.read_text())["minilm-seqcls"]
 
 
