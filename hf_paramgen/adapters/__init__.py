@@ -1,5 +1,5 @@
-"""PEFT LoRA adapters as generation targets: their layouts and applying weights (`lora`), and reading and writing
-them in PEFT's format (`adapter_io`)."""
+"""PEFT LoRA adapters as generation targets: their layouts and applying weights (`lora`), reading and writing
+them in PEFT's format (`adapter_io`), and whole adapters as a few thousand coefficients (`lora_codec`)."""
 
 from .adapter_io import (
     ADAPTER_CONFIG_FILE,
@@ -25,8 +25,10 @@ from .lora import (
     target_modules,
     targetable_modules,
 )
+from .lora_codec import LoraCodec, LoraCodecError, prototype_classifier
 
-__all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_INFO_FILE", "ADAPTER_WEIGHTS_FILE", "AdapterBaseMismatchError",
+__all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_INFO_FILE", "ADAPTER_WEIGHTS_FILE", "AdapterBaseMismatchError", "LoraCodec",
+           "LoraCodecError", "prototype_classifier",
            "adapter_checkpoint", "adapter_state_dict", "apply_adapter", "base_model_identity", "check_base_model",
            "check_target_modules", "class_aligned_init", "load_adapter", "load_adapter_info",
            "load_adapter_state_dict", "lora_config_dict", "lora_layout", "peft_config_copy", "save_adapter",

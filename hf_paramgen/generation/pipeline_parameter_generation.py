@@ -17,6 +17,10 @@ folder, `hf_paramgen.diffusion`) gives a `ParamDiffusionPipeline` as the model a
 the sampling options `num_inference_steps` and `scheduler` ("ddim", "ddpm", "dpm_solver", "flow_match_euler") instead
 of the prior's; `out["codes"]` is None there. Switching families is switching the model id.
 
+A generator folder with a LoRA codec (`lora_codec/`, `LoraCodecGenerator`) writes whole adapters of a stock class:
+`{"target": (AutoModelForSequenceClassification..., LoraConfig(task_type="SEQ_CLS", ...)), "samples": (texts,
+labels), "validation": (texts, labels)}` with `output="peft"` gives the `PeftModel`.
+
 The pipeline's `model` is the prior (`ParamPriorForCausalLM`); everything else is its `ParamGenerator`
 (`self.generator`, built with `ParamGenerator.from_prior` from the repo or folder the prior came from):
 preprocess, forward and postprocess only delegate to it. A saved pipeline (`save_pretrained`, the
