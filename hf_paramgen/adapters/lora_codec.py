@@ -26,22 +26,17 @@ tokenizer in `tokenizer/`. `from_pretrained` checks a digest of every tensor, so
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..layout.bases import top_left_singular, weights_digest
+from ..layout.bases import load_codec_folder, save_codec_folder, top_left_singular, weights_digest
 from ..layout.param_layout import ParamLayout
-from ..utils import replace_dir, temporary_sibling
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_SUBFOLDER = "lora_codec.json", "lora_codec.safetensors", "tokenizer"
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
@@ -281,31 +276,12 @@ class LoraCodec:
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write `lora_codec.json` and `lora_codec.safetensors` atomically, as one folder (a `tokenizer/` already
         there is kept)."""
-        folder = Path(folder)
-        tmp = temporary_sibling(folder)
-        try:
-            tmp.mkdir(parents=True)
-            if (folder / TOKENIZER_SUBFOLDER).is_dir():
-                shutil.copytree(folder / TOKENIZER_SUBFOLDER, tmp / TOKENIZER_SUBFOLDER)
-            save_file(self.tensors, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config, indent=1))
-            replace_dir(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_codec_folder(folder, self.config, self.tensors, CONFIG_NAME, WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> LoraCodec:
         folder = Path(folder)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise LoraCodecError(f"{folder} is not a LoRA codec folder: no {name} (expected {CONFIG_NAME} and "
-                                     f"{WEIGHTS_NAME}, written by LoraCodec.save_pretrained).")
-        try:
-            config = json.loads((folder / CONFIG_NAME).read_text())
-            tensors = load_file(str(folder / WEIGHTS_NAME))
-        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
-            raise LoraCodecError(f"LoRA codec files in {folder} are corrupt or truncated ({type(err).__name__}: "
-                                 f"{err}); re-fit or re-download the codec.") from err
+        config, tensors = load_codec_folder(folder, CONFIG_NAME, WEIGHTS_NAME, LoraCodecError, "LoRA codec")
         digest = weights_digest(tensors)
         if digest != config.get("digest"):
             raise LoraCodecError(f"The tensors in {folder / WEIGHTS_NAME} do not match the digest the codec was "

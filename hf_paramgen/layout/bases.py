@@ -28,3 +28,52 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(state[name].detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def save_codec_folder(folder, config: dict, tensors: dict[str, torch.Tensor], config_name: str,
+                      weights_name: str) -> None:
+    """Write a codec's `config_name` (JSON) and `weights_name` (safetensors) into `folder` atomically, as one folder
+    (other files already there, such as a tokenizer, are kept)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from ..utils import replace_dir, temporary_sibling
+
+    folder = Path(folder)
+    tmp = temporary_sibling(folder)
+    try:
+        tmp.mkdir(parents=True)
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if f.name not in (config_name, weights_name):
+                    (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+        save_file(tensors, str(tmp / weights_name))
+        (tmp / config_name).write_text(json.dumps(config, indent=1))
+        replace_dir(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_codec_folder(folder, config_name: str, weights_name: str, error: type[Exception],
+                      what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`(config, tensors)` of a codec folder; `error` (naming `what` the folder should be) when a file is missing,
+    corrupt or truncated."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in (config_name, weights_name):
+        if not (folder / name).is_file():
+            raise error(f"{folder} is not a {what} folder: no {name} (expected {config_name} and {weights_name}, "
+                        "written by its save_pretrained).")
+    try:
+        return json.loads((folder / config_name).read_text()), load_file(str(folder / weights_name))
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
+        raise error(f"{what} files in {folder} are corrupt or truncated ({type(err).__name__}: {err}); re-fit or "
+                    "re-download it.") from err

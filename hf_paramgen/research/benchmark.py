@@ -55,6 +55,19 @@ def stage_timer(stage_file: Path):
     return timed
 
 
+def train_tokenizer_stage(corpus_dir: Path, tok_dir: Path, cfg: dict) -> None:
+    """`train-tokenizer` on a coefficient corpus with a benchmark's settings (`tokenizer_steps`, `tokenizer_seconds`,
+    `tok_chunk_size`, `tok_latents`, `tokenizer_batch_size`; 2-dimensional codebook vectors)."""
+    from ..training.tokenizer import cli_train_tokenizer
+
+    argv = ["--corpus", str(corpus_dir), "--output_dir", str(tok_dir), "--max_steps", str(cfg["tokenizer_steps"]),
+            "--max_time_s", str(cfg["tokenizer_seconds"]), "--chunk_size", str(cfg["tok_chunk_size"]),
+            "--latents_per_chunk", str(cfg["tok_latents"]), "--codebook_dim", "2"]
+    if cfg["tokenizer_batch_size"]:
+        argv += ["--batch_size", str(cfg["tokenizer_batch_size"])]
+    cli_train_tokenizer(argv)
+
+
 def zoo_architectures(zoo_dir: str | Path) -> tuple[list[str], list[str]]:
     """(training architectures, held-out architectures) of a built zoo, from its manifest."""
     from .zoo import load_manifest

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..utils import atomic_write_json
-from .benchmark import _stage, stage_timer
+from .benchmark import _stage, stage_timer, train_tokenizer_stage
 
 DEFAULT_ZOO, DEFAULT_WORK = "outputs/stock_zoo", "outputs/stock_bench"
 FULL = {"preset": "full", "rank": 16, "head_rank": 32, "tok_chunk_size": 16, "tok_latents": 8,
@@ -71,14 +71,7 @@ def run_stock_benchmark(zoo_dir=DEFAULT_ZOO, work_dir=DEFAULT_WORK, settings: di
     if _stage("corpus", (corpus_dir / "corpus_config.json").exists()):
         timed("corpus", build_corpus, [str(coef_dir)], corpus_dir, chunk_size=64)
     if _stage("param_tokenizer", (tok_dir / "config.json").exists()):
-        from ..training.tokenizer import cli_train_tokenizer
-
-        argv = ["--corpus", str(corpus_dir), "--output_dir", str(tok_dir), "--max_steps", str(cfg["tokenizer_steps"]),
-                "--max_time_s", str(cfg["tokenizer_seconds"]), "--chunk_size", str(cfg["tok_chunk_size"]),
-                "--latents_per_chunk", str(cfg["tok_latents"]), "--codebook_dim", "2"]
-        if cfg["tokenizer_batch_size"]:
-            argv += ["--batch_size", str(cfg["tokenizer_batch_size"])]
-        timed("param_tokenizer", cli_train_tokenizer, argv)
+        timed("param_tokenizer", train_tokenizer_stage, corpus_dir, tok_dir, cfg)
     if _stage("prior", (gen_dir / "lora_codec" / "lora_codec.json").exists()):
         timed("prior", train_stock_prior, zoo, corpus_dir, tok_dir, gen_dir, codec, ctx, cfg)
     if not cfg["evaluate"]:  # the stages only (e.g. while held-out adapters are still being trained)

@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..research.benchmark import _stage, stage_timer
+from ..research.benchmark import _stage, stage_timer, train_tokenizer_stage
 from ..utils import atomic_write_json
 
 DEFAULT_OUTPUT_DIR = "outputs/scale"
@@ -74,14 +74,7 @@ def run_scale_benchmark(output_dir: str | Path = DEFAULT_OUTPUT_DIR, json_path: 
     if _stage("corpus", (corpus_dir / "corpus_config.json").exists()):
         timed("corpus", build_corpus, [str(coef_dir)], corpus_dir, chunk_size=64)
     if _stage("param_tokenizer", (tok_dir / "config.json").exists()):
-        from ..training.tokenizer import cli_train_tokenizer
-
-        argv = ["--corpus", str(corpus_dir), "--output_dir", str(tok_dir), "--max_steps", str(cfg["tokenizer_steps"]),
-                "--max_time_s", str(cfg["tokenizer_seconds"]), "--chunk_size", str(cfg["tok_chunk_size"]),
-                "--latents_per_chunk", str(cfg["tok_latents"]), "--codebook_dim", "2"]
-        if cfg["tokenizer_batch_size"]:
-            argv += ["--batch_size", str(cfg["tokenizer_batch_size"])]
-        timed("param_tokenizer", cli_train_tokenizer, argv)
+        timed("param_tokenizer", train_tokenizer_stage, corpus_dir, tok_dir, cfg)
     if _stage("prior", (gen_dir / "config.json").exists()):
         from ..training.prior import cli_train_prior
 

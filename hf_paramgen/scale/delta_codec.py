@@ -26,22 +26,17 @@ A codec folder holds `delta_codec.json` (config) and `delta_codec.safetensors` (
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..layout.bases import load_codec_folder, save_codec_folder, weights_digest
 from ..layout.bases import top_left_singular as _top_left
-from ..layout.bases import weights_digest
 from ..layout.param_layout import ParamLayout
-from ..utils import replace_dir, temporary_sibling
 from .finetune_zoo import head_input_features, prototype_head
 
 CONFIG_NAME, WEIGHTS_NAME = "delta_codec.json", "delta_codec.safetensors"
@@ -216,33 +211,12 @@ class DeltaCodec:
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write `delta_codec.json` and `delta_codec.safetensors` into `folder` (atomically, as one folder)."""
-        folder = Path(folder)
-        tmp = temporary_sibling(folder)
-        try:
-            tmp.mkdir(parents=True)
-            if folder.is_dir():
-                for f in folder.iterdir():
-                    if f.name not in (CONFIG_NAME, WEIGHTS_NAME):
-                        (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
-            save_file(self.tensors, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config, indent=1))
-            replace_dir(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_codec_folder(folder, self.config, self.tensors, CONFIG_NAME, WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> DeltaCodec:
         folder = Path(folder)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise DeltaCodecError(f"{folder} is not a delta codec folder: no {name} (expected {CONFIG_NAME} and "
-                                      f"{WEIGHTS_NAME}, written by DeltaCodec.save_pretrained).")
-        try:
-            config = json.loads((folder / CONFIG_NAME).read_text())
-            tensors = load_file(str(folder / WEIGHTS_NAME))
-        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
-            raise DeltaCodecError(f"Delta codec files in {folder} are corrupt or truncated ({type(err).__name__}: "
-                                  f"{err}); re-fit or re-download the codec.") from err
+        config, tensors = load_codec_folder(folder, CONFIG_NAME, WEIGHTS_NAME, DeltaCodecError, "delta codec")
         codec = cls(config, tensors)
         missing = [f"{p}.{m}" for m in config["matrices"] for p in ("P", "Q") if f"{p}.{m}" not in tensors]
         if missing or "B" not in tensors:
