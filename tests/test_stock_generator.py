@@ -66,6 +66,10 @@ def test_codec_reproduces_a_training_adapter_whose_factors_its_bases_span(bench)
     state, _ = load_adapter_state_dict(zoo / entry["path"])
     coefs = codec.encode(state, runner.head_reference(task, state))
     assert codec.layout(4).num_params == sum(v.numel() for v in coefs.values()) == 36 * 2 * 8 * 8 + 4 * 4 + 4
+    from transformers import AutoTokenizer
+
+    text = codec.layout(4).describe()  # conditions the prior: within the MiniLM text encoder's 256 tokens
+    assert len(AutoTokenizer.from_pretrained(offline_base_folder())(text)["input_ids"]) < 256, text
     decoded = decode_adapter(codec, coefs, runner, task)
     assert set(decoded) == set(state)
     for name, value in state.items():

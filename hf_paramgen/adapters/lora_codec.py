@@ -14,10 +14,10 @@ stacked factors). The classifier's reference (W_ref, c_ref) is stated by the ins
 its few labelled samples on the features the *decoded* encoder feeds the classifier (`prototype_classifier`, the zoo's
 own initialisation recipe), so a decoded adapter is an exact rank-r PEFT adapter of the stock class.
 
-The coefficients form a small module (`coefficient_module`: per LoRA module a `Linear(R, r)` (a_m) and a
-`Linear(r, R)` (b_m), then the `head` `Linear(R_h, k)`), so `ParamLayout`, corpora, the ParamTokenizer and the prior
-handle them as any other network; each tensor is rescaled (`coef_scales`) to the RMS of a freshly initialised layer
-of its shape.
+The coefficients form a small module (`coefficient_module`: a `Linear(R, M r)` holding the a_m of the M modules
+stacked, a `Linear(r, M R)` holding the b_m, then the `head` `Linear(R_h, k)`), so `ParamLayout`, corpora, the
+ParamTokenizer and the prior handle them as any other network; each tensor is rescaled (`coef_scales`) to the RMS of
+a freshly initialised layer of its shape.
 
 A codec folder holds `lora_codec.json` (config: LoRA config, base identity, module names, ranks, scales) and
 `lora_codec.safetensors` (`ref.<lora_A key>`, `P.<module>`, `Q.<module>`, `H`), and, for text bases, the base's
@@ -48,13 +48,12 @@ class LoraCodecError(ValueError):
 
 
 def coefficient_module(rank: int, head_rank: int, lora_rank: int, num_modules: int, num_classes: int) -> nn.Sequential:
-    """The module whose parameters are an adapter's coefficients: `a<i>` Linear(R, r) and `b<i>` Linear(r, R) per
-    LoRA module, then `head` Linear(R_h, k) (the last Linear: its rows are the classes)."""
-    layers = []
-    for i in range(num_modules):
-        layers += [(f"a{i}", nn.Linear(rank, lora_rank, bias=False)), (f"b{i}", nn.Linear(lora_rank, rank, bias=False))]
-    layers.append(("head", nn.Linear(head_rank, num_classes)))
-    return nn.Sequential(OrderedDict(layers))
+    """The module whose parameters are an adapter's coefficients: `a` Linear(R, M r) (the a_m of the M LoRA modules,
+    stacked), `b` Linear(r, M R) (the b_m, stacked), then `head` Linear(R_h, k) (the last Linear: its rows are the
+    classes). Four tensors whatever M is, so the layout's description stays short (it conditions the prior)."""
+    return nn.Sequential(OrderedDict([("a", nn.Linear(rank, num_modules * lora_rank, bias=False)),
+                                      ("b", nn.Linear(lora_rank, num_modules * rank, bias=False)),
+                                      ("head", nn.Linear(head_rank, num_classes))]))
 
 
 def prototype_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -192,11 +191,9 @@ class LoraCodec:
                ) -> dict[str, torch.Tensor]:
         """An adapter state_dict and its classifier reference `(W_ref, c_ref)` -> its (scaled) coefficients."""
         self._check_keys(state, self.modules, self.head)
-        out = {}
-        for i, m in enumerate(self.modules):
-            a = state[m + LORA_A].float() - self.reference[m + LORA_A]
-            out[f"a{i}.weight"] = a @ self.tensors[f"Q.{m}"]  # (r, R)
-            out[f"b{i}.weight"] = self.tensors[f"P.{m}"].T @ state[m + LORA_B].float()  # (R, r)
+        a = [(state[m + LORA_A].float() - self.reference[m + LORA_A]) @ self.tensors[f"Q.{m}"] for m in self.modules]
+        b = [self.tensors[f"P.{m}"].T @ state[m + LORA_B].float() for m in self.modules]
+        out = {"a.weight": torch.cat(a), "b.weight": torch.cat(b)}  # (M r, R), (M R, r)
         w_ref, c_ref = head_reference
         out["head.weight"] = (state[self.head[0]].float() - w_ref) @ self.tensors["H"]
         out["head.bias"] = state[self.head[1]].float() - c_ref
@@ -205,10 +202,12 @@ class LoraCodec:
     def decode_body(self, coefficients: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Coefficients (scaled) -> the LoRA tensors of the adapter (no classifier)."""
         coefs = self._scaled({k: v for k, v in coefficients.items() if not k.startswith("head")}, -1.0)
+        a = coefs["a.weight"].split(self.config["lora_rank"])  # M x (r, R)
+        b = coefs["b.weight"].split(self.config["rank"])  # M x (R, r)
         state = {}
         for i, m in enumerate(self.modules):
-            state[m + LORA_A] = self.reference[m + LORA_A] + coefs[f"a{i}.weight"] @ self.tensors[f"Q.{m}"].T
-            state[m + LORA_B] = self.tensors[f"P.{m}"] @ coefs[f"b{i}.weight"]
+            state[m + LORA_A] = self.reference[m + LORA_A] + a[i] @ self.tensors[f"Q.{m}"].T
+            state[m + LORA_B] = self.tensors[f"P.{m}"] @ b[i]
         return state
 
     def decode_head(self, coefficients: dict[str, torch.Tensor], head_reference: tuple[torch.Tensor, torch.Tensor]
