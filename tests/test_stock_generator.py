@@ -173,3 +173,22 @@ def test_unknown_target_modules_another_base_and_num_labels_are_refused_naming_e
         generator.generate((base, stock_lora_config()), task["instruction"], None)
     with pytest.raises(GenerationError, match="must be \\(base_model, LoraConfig\\)"):
         generator.generate(base, task["instruction"], samples)
+
+
+def test_generator_pushed_to_the_hub_loads_by_repo_id_with_its_codec_and_tokenizer(bench, hub_repo_id, tmp_path):
+    from huggingface_hub import HfApi
+
+    root, _ = bench
+    api = HfApi()
+    api.create_repo(hub_repo_id)
+    api.upload_folder(folder_path=root / "work" / "generator", repo_id=hub_repo_id, commit_message="generator")
+    gen = pipeline("parameter-generation", model=hub_repo_id)  # prior, ParamTokenizer, codec, tokenizer: downloaded
+    assert isinstance(gen.generator, LoraCodecGenerator) and gen.generator.base_tokenizer is not None
+    _, task, samples = few_shot_texts(root)
+    local = ParamGenerator.from_pretrained(root / "work" / "generator")
+    base = load_stock_base(4)
+    a = gen({"target": (base, stock_lora_config()), "task_text": task["instruction"], "samples": samples}, seed=5,
+            output="state_dict")["state_dict"]
+    b = local.generate((base, stock_lora_config()), task["instruction"], samples, seed=5).best_state_dict
+    for name, value in b.items():
+        torch.testing.assert_close(a[name], value)
