@@ -45,3 +45,19 @@ def peft_logits_without_hf_paramgen(base_folder, adapter_dir, texts: list[str], 
                             timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_same_logits_without_hf_paramgen(model, base_folder, adapter_dir, texts: list[str], cwd):
+    """`model` (an in-process PeftModel) and `adapter_dir` loaded by peft alone in a fresh process give the same logits
+    on `texts`, and the fresh process builds a `PeftModelForSequenceClassification`. Returns `(batch, logits)` of
+    `model` on the tokenised texts."""
+    import torch
+    from transformers import AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(base_folder)(list(texts), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval()(**batch).logits
+    loaded = peft_logits_without_hf_paramgen(base_folder, adapter_dir, texts, cwd)
+    assert loaded["type"] == "PeftModelForSequenceClassification"
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=0, atol=1e-5)
+    return batch, expected

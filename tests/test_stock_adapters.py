@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
-from peft_isolated import peft_logits_without_hf_paramgen
+from peft_isolated import assert_same_logits_without_hf_paramgen
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from hf_paramgen.adapters.adapter_io import load_adapter
@@ -113,14 +113,7 @@ def test_adapter_loads_with_peft_in_a_process_that_never_imports_hf_paramgen(tin
     out, manifest = tiny_zoo
     adapter_dir = out / manifest["adapters"][0]["path"]
     model = load_adapter(load_stock_base(4, seed=3), adapter_dir)  # hf_paramgen's loader checks the base too
-    from transformers import AutoTokenizer
-
-    batch = AutoTokenizer.from_pretrained(offline_base_folder())(TEXTS, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        expected = model.eval()(**batch).logits
-    out_json = peft_logits_without_hf_paramgen(offline_base_folder(), adapter_dir, TEXTS, tmp_path)
-    assert out_json["type"] == "PeftModelForSequenceClassification"
-    torch.testing.assert_close(torch.tensor(out_json["logits"]), expected, rtol=0, atol=1e-5)
+    batch, expected = assert_same_logits_without_hf_paramgen(model, offline_base_folder(), adapter_dir, TEXTS, tmp_path)
     with torch.no_grad():  # the adapter changes the function (not only the classifier)
         plain = load_stock_base(4)
         plain.classifier.load_state_dict(model.base_model.model.classifier.modules_to_save["default"].state_dict())

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
-from peft_isolated import peft_logits_without_hf_paramgen
+from peft_isolated import assert_same_logits_without_hf_paramgen
 from transformers import pipeline
 
 import hf_paramgen  # noqa: F401  (registers the task)
@@ -20,7 +20,7 @@ from hf_paramgen.generation.generator import ParamGenerator
 from hf_paramgen.generation.lora_codec_generator import LoraCodecGenerator
 from hf_paramgen.research.adapter_zoo_stock import load_stock_base, offline_base_folder, stock_lora_config
 from hf_paramgen.research.stock_bench import print_stock_table
-from hf_paramgen.research.stock_codec import AdapterRunner, adapter_entries, fit_stock_codec, task_of
+from hf_paramgen.research.stock_codec import AdapterRunner, adapter_entries, fit_stock_codec
 
 TEXTS = ["Return the square root of x.", "Open a socket connection to host and port.",
          "Parse a CSV row into fields.", "Start a new thread running target."]
@@ -49,7 +49,7 @@ def few_shot_texts(root):
     from hf_paramgen.research.stock_codec import few_shot, stock_context
 
     ctx = stock_context(root / "zoo")
-    task = task_of(root / "zoo", adapter_entries(root / "zoo", "heldout_task")[0])
+    task = adapter_entries(root / "zoo", "heldout_task")[0]["task"]
     return ctx, task, few_shot(ctx, task)
 
 
@@ -62,7 +62,7 @@ def test_codec_reproduces_a_training_adapter_whose_factors_its_bases_span(bench)
     ctx = stock_context(zoo)
     runner = AdapterRunner(ctx)
     entry = adapter_entries(zoo, "train")[0]
-    task = task_of(zoo, entry)
+    task = entry["task"]
     state, _ = load_adapter_state_dict(zoo / entry["path"])
     coefs = codec.encode(state, runner.head_reference(task, state))
     assert codec.layout(4).num_params == sum(v.numel() for v in coefs.values()) == 36 * 2 * 8 * 8 + 4 * 4 + 4
@@ -123,14 +123,7 @@ def test_pipeline_writes_a_peft_adapter_that_loads_on_the_stock_class_without_hf
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert config["task_type"] == "SEQ_CLS" and config["r"] == 8
-    from transformers import AutoTokenizer
-
-    batch = AutoTokenizer.from_pretrained(offline_base_folder())(TEXTS, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        expected = model.eval()(**batch).logits
-    loaded = peft_logits_without_hf_paramgen(offline_base_folder(), folder, TEXTS, tmp_path)
-    assert loaded["type"] == "PeftModelForSequenceClassification"
-    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=0, atol=1e-5)
+    assert_same_logits_without_hf_paramgen(model, offline_base_folder(), folder, TEXTS, tmp_path)
 
 
 def test_saved_generator_round_trips_with_its_codec(bench, tmp_path):

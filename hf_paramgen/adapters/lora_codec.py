@@ -81,6 +81,14 @@ def classifier_inputs(model: nn.Module, batch: dict, classifier: nn.Module) -> t
     return seen[0].reshape(seen[0].shape[0], -1).float()
 
 
+def saved_module(peft_model: nn.Module, key: str) -> nn.Module:
+    """The active copy of the `modules_to_save` module an adapter key (`base_model.model.classifier.weight`) belongs
+    to (PEFT wraps it in a `ModulesToSaveWrapper`), or the plain module."""
+    name = key.removeprefix("base_model.model.").rsplit(".", 1)[0]
+    module = peft_model.base_model.model.get_submodule(name)
+    return module.modules_to_save["default"] if hasattr(module, "modules_to_save") else module
+
+
 def encoder_identity(base: nn.Module, classifier: str = "classifier") -> dict:
     """What a LoRA codec's base must match: its class, the architecture keys of its config and a fingerprint of its
     weights outside the classifier (which the adapter replaces, and whose size follows num_labels)."""
@@ -220,6 +228,14 @@ class LoraCodec:
                                  f"reference for {w_ref.shape[0]}.")
         return {self.head[0]: w_ref + coefs["head.weight"] @ self.tensors["H"].T,
                 self.head[1]: c_ref + coefs["head.bias"]}
+
+    def decode(self, coefficients: dict[str, torch.Tensor], head_reference) -> dict[str, torch.Tensor]:
+        """Coefficients (scaled) -> a whole adapter. `head_reference(body)` gets the decoded LoRA tensors with a zero
+        classifier (the encoder the classifier will read) and returns the classifier reference `(W_ref, c_ref)`."""
+        body = self.decode_body(coefficients)
+        k, d = int(coefficients["head.bias"].shape[0]), int(self.tensors["H"].shape[0])
+        placeholder = {self.head[0]: torch.zeros(k, d), self.head[1]: torch.zeros(k)}
+        return {**body, **self.decode_head(coefficients, head_reference({**body, **placeholder}))}
 
     def _scaled(self, coefs: dict[str, torch.Tensor], power: float) -> dict[str, torch.Tensor]:
         scales = self.config.get("coef_scales") or {}

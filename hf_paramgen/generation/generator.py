@@ -190,13 +190,15 @@ class ParamGenerator:
             config.param_tokenizer_sha256 = file_sha256(tmp / sub / WEIGHTS_NAME)
             config.sample_encoders = sorted(self.sample_encoders)
             config.custom_pipelines = custom_pipelines()
-            if hasattr(self, "_extra_files"):  # a subclass's own components (a LoRA codec)
-                self._extra_files(tmp)
+            self._extra_files(tmp)
             self.prior.save_pretrained(tmp)  # + auto_map and the models' remote code
             write_remote_code(tmp, [PIPELINE_FILE])
             replace_dir(tmp, save_directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _extra_files(self, folder) -> None:
+        """Write a subclass's own components into the generator folder being saved (a LoRA codec); none here."""
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, subfolder: str | None = None,

@@ -34,6 +34,7 @@ from ..adapters.lora_codec import (
     classifier_inputs,
     load_tokenizer,
     prototype_classifier,
+    saved_module,
 )
 from .generation_checks import check_task_text, check_word_lengths
 from .generation_targets import GenerationError, check_pair, is_texts, resolve_target
@@ -110,10 +111,10 @@ class LoraCodecGenerator(ParamGenerator):
         except LoraCodecError as err:
             raise GenerationError(str(err)) from err
         check_task_text(task_text)
-        if samples is None or not is_texts(check_pair(samples, None, "samples")[0]):
+        texts, y = check_pair(samples, None, "samples") if samples is not None else (None, None)
+        if not is_texts(texts):
             raise GenerationError(f"This generator needs samples=(texts, labels): a few labelled texts of every class "
                                   f"(the classifier is built from them), got {type(samples).__name__}.")
-        texts, y = check_pair(samples, None, "samples")
         check_word_lengths(list(texts), "samples X")
         num_labels = int(getattr(base.config, "num_labels", 0))
         present = sorted(set(y.tolist()))
@@ -148,34 +149,28 @@ class LoraCodecGenerator(ParamGenerator):
         from ..adapters.lora import apply_adapter
 
         (base, lora_config), samples = prepared["template"], prepared["samples"]
-        num_labels = int(base.config.num_labels)
         support = self.encode_texts(samples[0])
         model, adapters, scores = None, [], [None] * len(state_dicts)
-        for i, coefs in enumerate(state_dicts):
-            body = self.codec.decode_body(coefs)
-            head = {h: torch.zeros(num_labels, *([] if h.endswith("bias") else [int(self.codec.tensors["H"].shape[0])]))
-                    for h in self.codec.head}
+
+        def head_reference(body: dict[str, torch.Tensor]):  # the few-shot prototypes on the decoded encoder
+            nonlocal model
             if model is None:
-                model = apply_adapter(copy.deepcopy(base), {**body, **head}, lora_config)
+                model = apply_adapter(copy.deepcopy(base), body, lora_config)
             else:
-                set_peft_model_state_dict(model, {**body, **head})
-            features = classifier_inputs(model, support, self._classifier(model))
-            reference = prototype_classifier(features, samples[1], num_labels,
-                                             self.codec.config.get("classifier_init_scale", 2.0))
-            adapter = {**body, **self.codec.decode_head(coefs, reference)}
-            adapters.append(adapter)
+                set_peft_model_state_dict(model, body)
+            features = classifier_inputs(model, support, saved_module(model, self.codec.head[0]))
+            return prototype_classifier(features, samples[1], int(base.config.num_labels),
+                                        self.codec.config.get("classifier_init_scale", 2.0))
+
+        for i, coefs in enumerate(state_dicts):
+            adapters.append(self.codec.decode(coefs, head_reference))
             if prepared["validation"] is not None:
-                set_peft_model_state_dict(model, adapter)
+                set_peft_model_state_dict(model, adapters[-1])
                 scores[i] = self.text_accuracy(model, *prepared["validation"])
         best = max(range(len(scores)), key=scores.__getitem__) if prepared["validation"] is not None else 0
         set_peft_model_state_dict(model, adapters[best])
         reasons = list(prepared.get("ood_reasons") or [])
         return GenerationResult(adapters, codes, scores, best, model.eval() if build else None, bool(reasons), reasons)
-
-    def _classifier(self, model: nn.Module) -> nn.Module:
-        name = self.codec.head[0].removeprefix("base_model.model.").rsplit(".", 1)[0]
-        classifier = model.base_model.model.get_submodule(name)  # PEFT's ModulesToSaveWrapper: the active copy
-        return classifier.modules_to_save["default"] if hasattr(classifier, "modules_to_save") else classifier
 
     @torch.no_grad()
     def text_accuracy(self, model: nn.Module, texts: list[str], labels: torch.Tensor, batch_size: int = 64) -> float:

@@ -200,6 +200,19 @@ def stock_tasks(num_train: int, num_validation: int, num_heldout_task: int, num_
     return [_task(s, split) for split, chosen in splits for s in chosen]
 
 
+def draw_texts(pools: dict, classes: list[str], split: str, per_class: int, seed: int = 0
+               ) -> tuple[list[str], torch.Tensor]:
+    """`per_class` texts of each topic of `classes` (in label order) from `split` of `pools` (seeded), and their
+    labels (n,)."""
+    rng, texts, labels = random.Random(seed), [], []
+    for k, topic in enumerate(classes):
+        pool = pools[topic][split]
+        chosen = rng.sample(pool, min(per_class, len(pool)))
+        texts += chosen
+        labels += [k] * len(chosen)
+    return texts, torch.tensor(labels)
+
+
 # ============================================================================ training and evaluation
 class StockContext:
     """One process's base model, text tokenizer and pools; trains and evaluates adapters on it."""
@@ -223,13 +236,7 @@ class StockContext:
 
     def examples(self, task: dict, split: str, per_class: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
         """`per_class` texts of each class of `task` from `split` (seeded), and their labels (n,)."""
-        rng, texts, labels = random.Random(seed), [], []
-        for k, topic in enumerate(task["classes"]):
-            pool = self.pools[topic][split]
-            chosen = rng.sample(pool, min(per_class, len(pool)))
-            texts += chosen
-            labels += [k] * len(chosen)
-        return texts, torch.tensor(labels)
+        return draw_texts(self.pools, task["classes"], split, per_class, seed)
 
     @torch.no_grad()
     def base_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,7 +76,7 @@ def run_stock_benchmark(zoo_dir=DEFAULT_ZOO, work_dir=DEFAULT_WORK, settings: di
         timed("prior", train_stock_prior, zoo, corpus_dir, tok_dir, gen_dir, codec, ctx, cfg)
     if not cfg["evaluate"]:  # the stages only (e.g. while held-out adapters are still being trained)
         return {"generator_dir": str(gen_dir)}
-    results = timed("evaluation", evaluate, gen_dir, zoo, codec, ctx, cfg)
+    results = timed("evaluation", evaluate, gen_dir, zoo, codec, ctx, cfg, coef_dir)
     results.update(stage_seconds=json.loads((work / "stage_seconds.json").read_text()), benchmark_settings=cfg,
                    zoo_dir=str(zoo), generator_dir=str(gen_dir))
     atomic_write_json(work / "results.json", results, indent=1)
@@ -130,22 +130,22 @@ def _permuted(runner, codec, task: dict, source_task: dict, state: dict) -> dict
     return {**state, w_name: weight, b_name: bias}
 
 
-def evaluate(gen_dir: Path, zoo: Path, codec, ctx, cfg: dict) -> dict:
+def evaluate(gen_dir: Path, zoo: Path, codec, ctx, cfg: dict, coef_dir: Path) -> dict:
     """Generated adapters and baselines on both held-out splits (module docstring)."""
     from ..adapters.adapter_io import load_adapter_state_dict
     from ..conditioning.text import make_text_encoder
     from ..generation.generator import ParamGenerator
     from ..training.prior import MINILM_HUB_ID
     from .adapter_zoo_stock import adapter_values
-    from .stock_codec import AdapterRunner, adapter_entries, decode_adapter, few_shot, task_of
+    from .stock_codec import AdapterRunner, adapter_entries, decode_adapter, few_shot
 
     generator = ParamGenerator.from_pretrained(gen_dir)
     runner, k = AdapterRunner(ctx), cfg["k"]
     text = make_text_encoder(cfg["text_encoder"] or MINILM_HUB_ID)
     train = adapter_entries(zoo, "train")
-    train_tasks = [task_of(zoo, e) for e in train]
+    train_tasks = [e["task"] for e in train]
     train_emb = torch.nn.functional.normalize(text([t["instruction"] for t in train_tasks])[:, 0], dim=-1)
-    mean_coefs = _mean_coefficients(codec, zoo, runner, train, train_tasks)
+    mean_coefs = _mean_coefficients(coef_dir)
     out = {"adapter_values": adapter_values(ctx.layout)["adapter_values"], "k": k,
            "coefficients_per_adapter": codec.layout(4).num_params,
            "seconds_to_train_adapter": json.loads((zoo / "manifest.json").read_text()).get("seconds_to_train_adapter"),
@@ -155,7 +155,7 @@ def evaluate(gen_dir: Path, zoo: Path, codec, ctx, cfg: dict) -> dict:
         rows = []
         entries = adapter_entries(zoo, split)[:cfg["num_tasks"]]
         for i, entry in enumerate(entries):
-            task = task_of(zoo, entry)
+            task = entry["task"]
             texts, labels = few_shot(ctx, task)
             val = ctx.examples(task, "validation", 25)
             start = time.perf_counter()
@@ -213,15 +213,16 @@ def _ci(values: list[float]) -> list[float] | None:
     return [round(m - 1.96 * s, 4), round(m + 1.96 * s, 4)]
 
 
-def _mean_coefficients(codec, zoo: Path, runner, train: list[dict], train_tasks: list[dict]) -> dict:
-    from ..adapters.adapter_io import load_adapter_state_dict
+def _mean_coefficients(coef_dir: Path) -> dict[str, torch.Tensor]:
+    """The mean coefficients of the training adapters (read from the coefficient zoo the corpus was built from)."""
+    from safetensors.torch import load_file
 
+    entries = [e for e in json.loads((coef_dir / "manifest.json").read_text())["checkpoints"] if e["split"] == "train"]
     total = None
-    for entry, task in zip(train, train_tasks, strict=True):
-        state, _ = load_adapter_state_dict(zoo / entry["path"])
-        coefs = codec.encode(state, runner.head_reference(task, state))
+    for entry in entries:
+        coefs = load_file(str(coef_dir / entry["path"] / "model.safetensors"))
         total = coefs if total is None else {n: total[n] + v for n, v in coefs.items()}
-    return {n: v / len(train) for n, v in total.items()}
+    return {n: v / len(entries) for n, v in total.items()}
 
 
 def check_targets(out: dict) -> list[dict]:

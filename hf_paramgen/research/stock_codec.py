@@ -21,11 +21,18 @@ from safetensors.torch import save_file
 
 from ..adapters.adapter_io import load_adapter_info, load_adapter_state_dict
 from ..adapters.lora import adapter_state_dict, apply_adapter, lora_config_dict, peft_config_copy
-from ..adapters.lora_codec import LORA_A, LoraCodec, classifier_inputs, encoder_identity, prototype_classifier
+from ..adapters.lora_codec import (
+    LORA_A,
+    LoraCodec,
+    classifier_inputs,
+    encoder_identity,
+    prototype_classifier,
+    saved_module,
+)
 from ..conditioning.samples import TEXT_SAMPLES, SampleEncoder
 from ..data.checkpoints import LAYOUT_FILE
 from ..utils import atomic_write_json, replace_dir, temporary_sibling
-from .adapter_zoo_stock import LORA_INIT_SEED, RECIPE, TEXT_DATASET, TEXTS_FILE, StockContext
+from .adapter_zoo_stock import LORA_INIT_SEED, RECIPE, TEXT_DATASET, TEXTS_FILE, StockContext, draw_texts
 
 FEW_SHOT = 5
 COEFFICIENT_ARCHITECTURE = "lora-coefficients"
@@ -60,14 +67,8 @@ class StockSamples:
     def __call__(self, task: dict, text_encoder):
         if task.get("dataset") != TEXT_DATASET or not task.get("classes"):
             return None
-        import random
-
-        rng, texts, labels = random.Random(0), [], []
-        for k, topic in enumerate(task["classes"]):  # the same draw as StockContext.examples(task, "train", 5, 0)
-            pool = self._pools[topic]["train"]
-            texts += rng.sample(pool, min(FEW_SHOT, len(pool)))
-            labels += [k] * min(FEW_SHOT, len(pool))
-        return text_encoder(texts)[:, 0], torch.tensor(labels), TEXT_SAMPLES
+        texts, labels = draw_texts(self._pools, task["classes"], "train", FEW_SHOT, seed=0)  # what `few_shot` draws
+        return text_encoder(texts)[:, 0], labels, TEXT_SAMPLES
 
 
 def lora_init_reference(ctx: StockContext) -> dict[str, torch.Tensor]:
@@ -95,15 +96,12 @@ class AdapterRunner:
             set_peft_model_state_dict(self.model, state)
         return self.model.eval()
 
-    def classifier(self):
-        return self.model.base_model.model.classifier.modules_to_save["default"]
-
     def head_reference(self, task: dict, state: dict[str, torch.Tensor] | None = None):
         """`(W_ref, c_ref)`: the prototype classifier of the task's few-shot texts on the loaded (or given) adapter."""
         if state is not None:
             self.load(state)
         texts, labels = few_shot(self.ctx, task)
-        features = classifier_inputs(self.model, self.ctx.encode(texts), self.classifier())
+        features = classifier_inputs(self.model, self.ctx.encode(texts), saved_module(self.model, "classifier.weight"))
         return prototype_classifier(features, labels, len(task["classes"]), RECIPE["classifier_init_scale"])
 
     def accuracy(self, task: dict, split: str, state: dict[str, torch.Tensor] | None = None,
@@ -115,13 +113,10 @@ class AdapterRunner:
 
 
 def adapter_entries(zoo_dir: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """The zoo's adapters (of one split), each with its task under "task" (one read of the manifest)."""
     manifest = json.loads((Path(zoo_dir) / "manifest.json").read_text())
-    return [a for a in manifest["adapters"] if split is None or a["split"] == split]
-
-
-def task_of(zoo_dir: str | os.PathLike, entry: dict) -> dict:
-    manifest = json.loads((Path(zoo_dir) / "manifest.json").read_text())
-    return next(t for t in manifest["tasks"] if t["task_id"] == entry["task_id"])
+    tasks = {t["task_id"]: t for t in manifest["tasks"]}
+    return [{**a, "task": tasks[a["task_id"]]} for a in manifest["adapters"] if split is None or a["split"] == split]
 
 
 def fit_stock_codec(zoo_dir: str | os.PathLike, output_dir: str | os.PathLike | None, rank: int = 16,
@@ -136,9 +131,9 @@ def fit_stock_codec(zoo_dir: str | os.PathLike, output_dir: str | os.PathLike | 
     def examples(limit=None):
         for entry in entries[:limit]:
             state, _ = load_adapter_state_dict(Path(zoo_dir) / entry["path"])
-            yield state, runner.head_reference(task_of(zoo_dir, entry), state)
+            yield state, runner.head_reference(entry["task"], state)
 
-    head = [k for k in load_adapter_info(Path(zoo_dir) / entries[0]["path"])["layout"]["metadata"]["head"]]
+    head = list(load_adapter_info(Path(zoo_dir) / entries[0]["path"])["layout"]["metadata"]["head"])
     codec = LoraCodec.fit(lora_init_reference(ctx), head, examples(), rank, head_rank,
                           lora_config=lora_config_dict(ctx.lora_config), base=encoder_identity(ctx.base),
                           classifier_init_scale=RECIPE["classifier_init_scale"])
@@ -152,11 +147,7 @@ def fit_stock_codec(zoo_dir: str | os.PathLike, output_dir: str | os.PathLike | 
 def decode_adapter(codec: LoraCodec, coefs: dict[str, torch.Tensor], runner: AdapterRunner, task: dict
                    ) -> dict[str, torch.Tensor]:
     """Coefficients -> a whole adapter: the decoded LoRA factors, the classifier from the few-shot texts on them."""
-    body = codec.decode_body(coefs)
-    k = len(task["classes"])
-    placeholder = {codec.head[0]: torch.zeros(k, codec.tensors["H"].shape[0]), codec.head[1]: torch.zeros(k)}
-    reference = runner.head_reference(task, {**body, **placeholder})
-    return {**body, **codec.decode_head(coefs, reference)}
+    return codec.decode(coefs, lambda body: runner.head_reference(task, body))
 
 
 def write_stock_coefficient_zoo(zoo_dir: str | os.PathLike, codec: LoraCodec, output_dir: str | os.PathLike,
@@ -171,7 +162,7 @@ def write_stock_coefficient_zoo(zoo_dir: str | os.PathLike, codec: LoraCodec, ou
         entries.append({"path": f"checkpoints/{name}", "split": CORPUS_SPLIT[entry["split"]], "model_id": name})
         if (final / "README.md").is_file():
             continue
-        task = task_of(zoo_dir, entry)
+        task = entry["task"]
         state, _ = load_adapter_state_dict(Path(zoo_dir) / entry["path"])
         coefs = codec.encode(state, runner.head_reference(task, state))
         tmp = temporary_sibling(final)
@@ -205,7 +196,7 @@ def codec_fidelity(codec: LoraCodec, zoo_dir: str | os.PathLike, splits=("valida
     runner, drops, rows = AdapterRunner(ctx), [], []
     for split in splits:
         for entry in adapter_entries(zoo_dir, split)[:limit]:
-            task = task_of(zoo_dir, entry)
+            task = entry["task"]
             state, _ = load_adapter_state_dict(Path(zoo_dir) / entry["path"])
             trained = runner.accuracy(task, "test", state)
             coefs = codec.encode(state, runner.head_reference(task, state))
