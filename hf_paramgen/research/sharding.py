@@ -296,6 +296,16 @@ def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--world_size", type=int, default=None, help="number of ranks sharing the output folder")
 
 
+def check_build_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> JobShard:
+    """A zoo build's `--num_workers` (>= 1) and `--limit` (>= 0 or unset) checked, then its `JobShard` (bad values:
+    `parser.error`, exit status 2, before any work)."""
+    if args.num_workers < 1:
+        parser.error(f"--num_workers must be >= 1 (1: train in this process), got {args.num_workers}.")
+    if args.limit is not None and args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}.")
+    return shard_from_args(parser, args)
+
+
 def shard_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> JobShard:
     """The `JobShard` of parsed `add_shard_arguments` options (bad ones: `parser.error`, exit status 2)."""
     try:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..jobs import clear_job_errors
 from ..utils import atomic_write_text
 from .architectures import ARCHITECTURE_DATASET, ARCHITECTURES
-from .sharding import JobShard, add_shard_arguments, shard_from_args
+from .sharding import JobShard, add_shard_arguments, check_build_arguments
 from .tasks import DATASETS, dataset_arrays, split_info, task_from_dict
 from .zoo_plan import (
     CHECKPOINT_SPLITS,
@@ -255,13 +255,9 @@ def cli_build_zoo(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=None, help="build only the first N planned checkpoints")
     add_shard_arguments(parser)
     args = parser.parse_args(argv)
-    if args.num_workers < 1:
-        parser.error(f"--num_workers must be >= 1 (1: train in this process), got {args.num_workers}.")
-    if args.limit is not None and args.limit < 0:
-        parser.error(f"--limit must be >= 0, got {args.limit}.")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output_dir {args.output_dir} is a file; expected a zoo folder (new, or one to resume).")
-    shard = shard_from_args(parser, args)
+    shard = check_build_arguments(parser, args)
     with clear_job_errors(parser.prog, args.output_dir):
         manifest = build_zoo(args.output_dir, args.preset, args.num_workers, args.limit, shard)
     if manifest is None:  # another rank writes the manifest and prints the summary

@@ -361,7 +361,7 @@ def cli_build_finetune_zoo(argv: list[str]) -> int:
     import argparse
 
     from ..jobs import clear_job_errors
-    from ..research.sharding import add_shard_arguments, shard_from_args
+    from ..research.sharding import add_shard_arguments, check_build_arguments
 
     parser = argparse.ArgumentParser(prog="hf-paramgen build-finetune-zoo",
                                      description="Train a base of millions of parameters and real fine-tunes of it.")
@@ -371,11 +371,7 @@ def cli_build_finetune_zoo(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=None, help="build only the first N planned fine-tunes")
     add_shard_arguments(parser)
     args = parser.parse_args(argv)
-    if args.num_workers < 1:
-        parser.error(f"--num_workers must be >= 1 (1: train in this process), got {args.num_workers}.")
-    if args.limit is not None and args.limit < 0:
-        parser.error(f"--limit must be >= 0, got {args.limit}.")
-    shard_from_args(parser, args)  # bad --rank/--world_size: a usage error before any work
+    check_build_arguments(parser, args)  # bad --num_workers/--limit/--rank/--world_size: a usage error, no work
     with clear_job_errors(parser.prog, args.output_dir):
         manifest = build_finetune_zoo(args.output_dir, args.preset, args.num_workers, args.limit, args.rank,
                                       args.world_size)
